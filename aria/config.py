@@ -1,0 +1,166 @@
+"""Settings: one object read from the environment and `.env`.
+
+Essentials keep the names deployment tools expect (TELEGRAM_BOT_TOKEN, OPENAI_API_KEY, ...); everything else
+takes the ARIA_ prefix. `load_settings` turns validation errors into one line per variable, never echoing a secret.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from aria.errors import ConfigError
+
+CommaInts = Annotated[list[int], NoDecode]
+CommaStrs = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Everything Aria can be configured with; `.env.example` documents each field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ARIA_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # Telegram
+    telegram_bot_token: SecretStr | None = Field(default=None, validation_alias="TELEGRAM_BOT_TOKEN")
+    telegram_api_url: str = Field(default="https://api.telegram.org", validation_alias="TELEGRAM_API_URL")
+    owner_ids: CommaInts = Field(default_factory=list, validation_alias="ARIA_OWNER_IDS")
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8080, ge=1, le=65535)
+
+    # Model endpoint
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+    model_cheap: str = Field(default="gpt-4o-mini", validation_alias="ARIA_MODEL_CHEAP")
+    model_strong: str = Field(default="gpt-4o", validation_alias="ARIA_MODEL_STRONG")
+    model_fallbacks: CommaStrs = Field(default_factory=list)
+    llm_timeout_seconds: float = Field(default=60.0, gt=0)
+    prices_file: Path | None = None
+    max_output_tokens: int = Field(default=1024, ge=16)
+    min_output_tokens: int = Field(default=64, ge=1)
+
+    # Caps
+    run_max_tokens: int = Field(default=60_000, ge=100)
+    run_max_usd: float = Field(default=0.10, gt=0)
+    run_max_steps: int = Field(default=8, ge=1)
+    run_max_seconds: float = Field(default=120.0, gt=0)
+    day_max_usd: float = Field(default=2.00, gt=0)
+    month_max_usd: float | None = Field(default=None, gt=0)
+    cheap_only_share: float = Field(default=0.8, gt=0, le=1)
+    history_tokens: int = Field(default=3_000, ge=0)
+
+    # Breakers
+    breaker_failures: int = Field(default=3, ge=1)
+    breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
+
+    # Time and storage
+    timezone: str = Field(default="UTC", validation_alias="ARIA_TIMEZONE")
+    digest_time: dt.time = Field(default=dt.time(8, 0), validation_alias="ARIA_DIGEST_TIME")
+    data_dir: Path = Field(default=Path("data"), validation_alias="ARIA_DATA_DIR")
+    database_path: Path | None = None
+
+    # Skills
+    skills_dir: Path | None = None
+    shell_enabled: bool = False
+    shell_timeout_seconds: float = Field(default=30.0, gt=0)
+
+    log_level: str = "INFO"
+
+    @field_validator("owner_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.replace(";", ",").split(",") if p.strip()]
+            try:
+                return [int(p) for p in parts]
+            except ValueError:
+                raise ValueError("must be comma-separated numeric Telegram user IDs") from None
+        return value
+
+    @field_validator("model_fallbacks", mode="before")
+    @classmethod
+    def _split_names(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("must be an IANA time zone such as Europe/Berlin") from None
+        return value
+
+    @field_validator("telegram_api_url", "openai_base_url", "webhook_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None if value == "" else value
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The owner's time zone."""
+        return ZoneInfo(self.timezone)
+
+    @property
+    def db_path(self) -> Path:
+        """Where the SQLite ledger lives."""
+        return self.database_path or self.data_dir / "aria.db"
+
+    @property
+    def model_configured(self) -> bool:
+        """True when there is an endpoint to talk to (a key for OpenAI, or any base URL)."""
+        return self.openai_api_key is not None or bool(self.openai_base_url)
+
+    @property
+    def bot_api_base(self) -> str:
+        """Base URL handed to python-telegram-bot (it appends the token)."""
+        return f"{self.telegram_api_url}/bot"
+
+    def secrets(self) -> list[str]:
+        """Every secret value, so log filters and error texts can scrub them."""
+        found = [self.telegram_bot_token, self.openai_api_key, self.webhook_secret]
+        return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
+
+
+# Field name -> the environment variable a user sets, for error messages.
+def env_name(field: str) -> str:
+    """The environment variable that sets a field."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, str):
+        return alias
+    return f"ARIA_{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings, raising ConfigError with one line per problem."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            name = env_name(field) if field in Settings.model_fields else field
+            reason = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{name}: {reason}")
+        raise ConfigError(problems) from None
+
+
+def require_owner(settings: Settings) -> None:
+    """Refuse to serve Telegram with nobody allowed in."""
+    if not settings.owner_ids:
+        raise ConfigError(["ARIA_OWNER_IDS: set it to your numeric Telegram user ID (comma-separate several)"])

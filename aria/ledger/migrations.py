@@ -1,0 +1,227 @@
+"""Named schema migrations, recorded in the `migration` table.
+
+Each migration is frozen once released: a new schema change is a new function appended to MIGRATIONS, so an
+older database upgrades in place, in order, without losing rows. DDL lives here (and only here) because a
+migration must describe the schema as it was at that point, not as the models say today.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+from sqlalchemy import Connection, text
+
+Migration = Callable[[Connection], None]
+
+
+def _run(conn: Connection, script: str) -> None:
+    for statement in script.split(";"):
+        if statement.strip():
+            conn.execute(text(statement))
+
+
+def m001_initial(conn: Connection) -> None:
+    """The ledger of DESIGN.md: runs, steps, spend, failures, approvals, outbox, events."""
+    _run(conn, """
+    CREATE TABLE run (
+        id INTEGER NOT NULL PRIMARY KEY,
+        "trigger" VARCHAR NOT NULL,
+        channel VARCHAR NOT NULL,
+        chat_id INTEGER,
+        user_id INTEGER,
+        request VARCHAR NOT NULL,
+        route VARCHAR,
+        model VARCHAR,
+        status VARCHAR NOT NULL,
+        stop_reason VARCHAR,
+        cap_tokens INTEGER NOT NULL,
+        cap_micros INTEGER NOT NULL,
+        cap_steps INTEGER NOT NULL,
+        cap_seconds FLOAT NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cost_micros INTEGER NOT NULL,
+        steps INTEGER NOT NULL,
+        started_at DATETIME NOT NULL,
+        ended_at DATETIME,
+        final_text VARCHAR
+    );
+    CREATE INDEX ix_run_status ON run (status);
+    CREATE INDEX ix_run_started_at ON run (started_at);
+
+    CREATE TABLE step (
+        id INTEGER NOT NULL PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES run (id),
+        seq INTEGER NOT NULL,
+        kind VARCHAR NOT NULL,
+        name VARCHAR NOT NULL,
+        skill VARCHAR,
+        status VARCHAR NOT NULL,
+        attempt INTEGER NOT NULL,
+        started_at DATETIME NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        error_type VARCHAR,
+        args VARCHAR,
+        result VARCHAR
+    );
+    CREATE INDEX ix_step_run_id ON step (run_id);
+    CREATE INDEX ix_step_started_at ON step (started_at);
+
+    CREATE TABLE spend (
+        id INTEGER NOT NULL PRIMARY KEY,
+        run_id INTEGER REFERENCES run (id),
+        step_id INTEGER,
+        provider VARCHAR NOT NULL,
+        model VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        prompt_tokens INTEGER NOT NULL,
+        completion_tokens INTEGER NOT NULL,
+        cached_tokens INTEGER NOT NULL,
+        reasoning_tokens INTEGER NOT NULL,
+        reserved_tokens INTEGER NOT NULL,
+        reserved_micros INTEGER NOT NULL,
+        cost_micros INTEGER NOT NULL,
+        price_known BOOLEAN NOT NULL,
+        price_source VARCHAR NOT NULL,
+        usage_json VARCHAR,
+        day VARCHAR NOT NULL,
+        created_at DATETIME NOT NULL,
+        settled_at DATETIME
+    );
+    CREATE INDEX ix_spend_run_id ON spend (run_id);
+    CREATE INDEX ix_spend_day ON spend (day);
+    CREATE INDEX ix_spend_created_at ON spend (created_at);
+
+    CREATE TABLE failure (
+        id INTEGER NOT NULL PRIMARY KEY,
+        run_id INTEGER,
+        step_id INTEGER,
+        component VARCHAR NOT NULL,
+        error_type VARCHAR NOT NULL,
+        message VARCHAR NOT NULL,
+        handling VARCHAR NOT NULL,
+        created_at DATETIME NOT NULL
+    );
+    CREATE INDEX ix_failure_created_at ON failure (created_at);
+    CREATE INDEX ix_failure_run_id ON failure (run_id);
+
+    CREATE TABLE approval (
+        id INTEGER NOT NULL PRIMARY KEY,
+        run_id INTEGER,
+        tool VARCHAR NOT NULL,
+        args_json VARCHAR NOT NULL,
+        args_hash VARCHAR NOT NULL,
+        risk VARCHAR NOT NULL,
+        summary VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        chat_id INTEGER,
+        message_id INTEGER,
+        resume_state VARCHAR,
+        created_at DATETIME NOT NULL,
+        expires_at DATETIME NOT NULL,
+        decided_by INTEGER,
+        decided_at DATETIME,
+        executed_at DATETIME,
+        result VARCHAR
+    );
+    CREATE INDEX ix_approval_status ON approval (status);
+    CREATE INDEX ix_approval_run_id ON approval (run_id);
+    CREATE INDEX ix_approval_expires_at ON approval (expires_at);
+
+    CREATE TABLE outbox (
+        id INTEGER NOT NULL PRIMARY KEY,
+        chat_id INTEGER NOT NULL,
+        kind VARCHAR NOT NULL,
+        text VARCHAR NOT NULL,
+        payload BLOB,
+        reply_markup VARCHAR,
+        dedupe_key VARCHAR UNIQUE,
+        created_at DATETIME NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at DATETIME,
+        last_error VARCHAR,
+        delivered_at DATETIME
+    );
+    CREATE INDEX ix_outbox_delivered_at ON outbox (delivered_at);
+    CREATE INDEX ix_outbox_created_at ON outbox (created_at);
+
+    CREATE TABLE event (
+        id INTEGER NOT NULL PRIMARY KEY,
+        source VARCHAR NOT NULL,
+        delivery_id VARCHAR,
+        verified BOOLEAN NOT NULL,
+        status VARCHAR NOT NULL,
+        reason VARCHAR,
+        user_id INTEGER,
+        body_sha256 VARCHAR,
+        run_id INTEGER,
+        received_at DATETIME NOT NULL
+    );
+    CREATE INDEX ix_event_received_at ON event (received_at)
+    """)
+
+
+def m002_breakers_and_flags(conn: Connection) -> None:
+    """Circuit-breaker state and durable flags survive restarts."""
+    _run(conn, """
+    CREATE TABLE breaker (
+        "key" VARCHAR NOT NULL PRIMARY KEY,
+        state VARCHAR NOT NULL,
+        failures INTEGER NOT NULL,
+        open_until DATETIME,
+        last_error VARCHAR,
+        updated_at DATETIME NOT NULL
+    );
+    CREATE TABLE keyvalue (
+        "key" VARCHAR NOT NULL PRIMARY KEY,
+        value VARCHAR NOT NULL,
+        updated_at DATETIME NOT NULL
+    );
+    -- A redelivered event or update is recognised by (source, delivery id).
+    CREATE UNIQUE INDEX ux_event_source_delivery ON event (source, delivery_id) WHERE delivery_id IS NOT NULL
+    """)
+
+
+def m003_reminders(conn: Connection) -> None:
+    """Persisted reminders, plus a composite index the digest's per-day spend queries use."""
+    _run(conn, """
+    CREATE TABLE reminder (
+        id INTEGER NOT NULL PRIMARY KEY,
+        chat_id INTEGER NOT NULL,
+        text VARCHAR NOT NULL,
+        due_at DATETIME NOT NULL,
+        created_at DATETIME NOT NULL,
+        run_id INTEGER,
+        fired_at DATETIME
+    );
+    CREATE INDEX ix_reminder_due_at ON reminder (due_at);
+    CREATE INDEX ix_spend_day_model ON spend (day, model, cost_micros)
+    """)
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders]
+
+
+def applied(conn: Connection) -> set[str]:
+    """Names of migrations already recorded in this database."""
+    conn.execute(text("CREATE TABLE IF NOT EXISTS migration (name VARCHAR PRIMARY KEY, applied_at DATETIME)"))
+    return {row[0] for row in conn.execute(text("SELECT name FROM migration"))}
+
+
+def migrate(conn: Connection, upto: str | None = None) -> list[str]:
+    """Apply pending migrations in order (optionally stopping after `upto`); return the names applied."""
+    done = applied(conn)
+    ran: list[str] = []
+    for migration in MIGRATIONS:
+        name = migration.__name__
+        if name not in done:
+            migration(conn)
+            conn.execute(
+                text("INSERT INTO migration (name, applied_at) VALUES (:n, :t)"),
+                {"n": name, "t": dt.datetime.now(dt.UTC).replace(tzinfo=None)},
+            )
+            ran.append(name)
+        if name == upto:
+            break
+    return ran

@@ -1,0 +1,195 @@
+"""The ledger's tables. Times are aware UTC (stored as UTC); money is integer micro-dollars (1 USD = 1_000_000).
+
+The schema itself is created and upgraded by the named migrations in `migrations.py`; these models must match it
+(a test compares them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Literal
+
+from sqlmodel import Field, SQLModel
+
+RunStatus = Literal[
+    "running", "ok", "handoff", "degraded", "awaiting_approval", "rejected", "budget_exhausted", "failed",
+    "interrupted", "skipped",
+]
+StepKind = Literal["llm", "tool", "guard", "approval"]
+StepStatus = Literal["ok", "error", "retry", "timeout", "refused", "skipped"]
+SpendStatus = Literal["reserved", "settled", "released"]
+Handling = Literal["retried", "fell_back", "degraded", "handed_off", "refused", "reported", "recorded", "corrected"]
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "executed", "failed"]
+
+MICROS = 1_000_000
+
+
+def usd_to_micros(usd: float) -> int:
+    """Dollars to integer micro-dollars."""
+    return round(usd * MICROS)
+
+
+class Run(SQLModel, table=True):
+    """One attempt to handle a trigger."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    trigger: str  # message, command, schedule, event, approval
+    channel: str  # telegram, terminal, scheduler, webhook
+    chat_id: int | None = None
+    user_id: int | None = None
+    request: str = ""
+    route: str | None = None  # cheap or strong
+    model: str | None = None
+    status: str = Field(default="running", index=True)
+    stop_reason: str | None = None
+    cap_tokens: int = 0
+    cap_micros: int = 0
+    cap_steps: int = 0
+    cap_seconds: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_micros: int = 0
+    steps: int = 0
+    started_at: dt.datetime = Field(index=True)
+    ended_at: dt.datetime | None = None
+    final_text: str | None = None
+
+
+class Step(SQLModel, table=True):
+    """One attempt inside a run: a model call, a tool call, a guard check or an approval."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int = Field(index=True, foreign_key="run.id")
+    seq: int = 0
+    kind: str
+    name: str
+    skill: str | None = None
+    status: str
+    attempt: int = 0
+    started_at: dt.datetime = Field(index=True)
+    latency_ms: int = 0
+    error_type: str | None = None
+    args: str | None = None  # redacted
+    result: str | None = None  # short
+
+
+class Spend(SQLModel, table=True):
+    """One priced call: reserved before, settled to the provider's usage after."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int | None = Field(default=None, index=True, foreign_key="run.id")
+    step_id: int | None = None
+    provider: str
+    model: str
+    status: str = "reserved"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    reserved_tokens: int = 0
+    reserved_micros: int = 0
+    cost_micros: int = 0
+    price_known: bool = True
+    price_source: str = ""
+    usage_json: str | None = None
+    day: str = Field(index=True)  # the owner's local date, YYYY-MM-DD
+    created_at: dt.datetime = Field(index=True)
+    settled_at: dt.datetime | None = None
+
+
+class Failure(SQLModel, table=True):
+    """One thing that went wrong and how it was handled."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int | None = Field(default=None, index=True)
+    step_id: int | None = None
+    component: str  # llm, tool, telegram, connector, skills, scheduler, web
+    error_type: str
+    message: str
+    handling: str
+    created_at: dt.datetime = Field(index=True)
+
+
+class Approval(SQLModel, table=True):
+    """A risky action waiting for the owner."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int | None = Field(default=None, index=True)
+    tool: str
+    args_json: str
+    args_hash: str
+    risk: str
+    summary: str
+    status: str = Field(default="pending", index=True)
+    chat_id: int | None = None
+    message_id: int | None = None
+    resume_state: str | None = None
+    created_at: dt.datetime
+    expires_at: dt.datetime = Field(index=True)
+    decided_by: int | None = None
+    decided_at: dt.datetime | None = None
+    executed_at: dt.datetime | None = None
+    result: str | None = None
+
+
+class Outbox(SQLModel, table=True):
+    """A proactive message to deliver, retried until it is."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    chat_id: int
+    kind: str = "text"  # text or photo
+    text: str = ""
+    payload: bytes | None = None
+    reply_markup: str | None = None
+    dedupe_key: str | None = Field(default=None, unique=True)
+    created_at: dt.datetime = Field(index=True)
+    attempts: int = 0
+    next_attempt_at: dt.datetime | None = None
+    last_error: str | None = None
+    delivered_at: dt.datetime | None = Field(default=None, index=True)
+
+
+class Event(SQLModel, table=True):
+    """An inbound call: a webhook event or a Telegram update that was refused or deduplicated."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str
+    delivery_id: str | None = None
+    verified: bool = False
+    status: str  # accepted, refused, duplicate
+    reason: str | None = None
+    user_id: int | None = None
+    body_sha256: str | None = None
+    run_id: int | None = None
+    received_at: dt.datetime = Field(index=True)
+
+
+class Breaker(SQLModel, table=True):
+    """Persisted circuit-breaker state, so an open circuit stays open across a restart."""
+
+    key: str = Field(primary_key=True)
+    state: str = "closed"  # closed, open, half_open
+    failures: int = 0
+    open_until: dt.datetime | None = None
+    last_error: str | None = None
+    updated_at: dt.datetime
+
+
+class KeyValue(SQLModel, table=True):
+    """Small durable flags: paused state, last digest day, alerts sent."""
+
+    key: str = Field(primary_key=True)
+    value: str
+    updated_at: dt.datetime
+
+
+class Reminder(SQLModel, table=True):
+    """A reminder the owner asked for; fires once, also after a restart."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    chat_id: int
+    text: str
+    due_at: dt.datetime = Field(index=True)
+    created_at: dt.datetime
+    run_id: int | None = None
+    fired_at: dt.datetime | None = None
