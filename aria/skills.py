@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
     from aria.clock import Clock
     from aria.config import Settings
+    from aria.connectors import Connectors
     from aria.ledger import Ledger
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class ToolContext:
     clock: Clock
     run_id: int | None = None
     chat_id: int | None = None
+    connectors: Connectors | None = None
     # Called after a reminder row is written, so the scheduler can add a job for it.
     on_reminder: Callable[[int, dt.datetime], None] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
