@@ -44,10 +44,13 @@ class Ledger:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A write transaction that holds SQLite's write lock from its first statement."""
-        with self.engine.connect().execution_options(immediate=True) as conn, Session(bind=conn) as session:
-            with conn.begin():
-                yield session
-                session.flush()
+        with (
+            self.engine.connect().execution_options(immediate=True) as conn,
+            Session(bind=conn) as session,
+            conn.begin(),
+        ):
+            yield session
+            session.flush()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -80,17 +83,6 @@ class Ledger:
             run.model = model or run.model
             run.ended_at = self.now()
             s.add(run)
-
-    def add_totals(self, run_id: int, *, prompt: int, completion: int, cost_micros: int) -> None:
-        """Add one settled call's usage to the run's running totals."""
-        with self.write() as s:
-            s.execute(
-                update(Run).where(Run.id == run_id).values(
-                    prompt_tokens=Run.prompt_tokens + prompt,
-                    completion_tokens=Run.completion_tokens + completion,
-                    cost_micros=Run.cost_micros + cost_micros,
-                )
-            )
 
     def mark_interrupted(self) -> int:
         """At start-up: runs a previous process left `running` are marked `interrupted`."""

@@ -1,0 +1,1 @@
+"""The agent: a budgeted tool loop that always ends with a message."""

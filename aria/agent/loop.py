@@ -1,0 +1,239 @@
+"""The budgeted tool loop. Every stop condition is in `_loop`; every stop produces a message.
+
+Stops: a final answer; the model's `handoff`; a cap (budget, steps, seconds) after one tool-less wrap-up call if it
+fits; no progress (the same call repeated); every model failing; invalid tool arguments after one correction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pydantic import ValidationError
+
+from aria.agent.history import History
+from aria.agent.outcome import Action, Attempt, Handoff, Outcome, OutcomeStatus, StopReason, retry_actions
+from aria.agent.prompts import WRAP_UP, system_prompt
+from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRunner, canonical
+from aria.config import Settings
+from aria.errors import BudgetExhausted, PriceUnknown
+from aria.ledger import MICROS, Ledger, Run
+from aria.llm.budget import Budget, Caps, caps_from_settings
+from aria.llm.client import AllModelsFailed, CallScope, ChatResult, ModelCaller, ToolCallRequest
+from aria.llm.router import Router
+from aria.skills import SkillSet, ToolContext, ToolSpec
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Request:
+    """A trigger for a run: what was asked, from where."""
+
+    text: str
+    trigger: str = "message"
+    channel: str = "terminal"
+    chat_id: int | None = None
+    user_id: int | None = None
+    escalate: bool = False  # start on the strong model
+    budget_factor: float = 1.0  # "allow more budget once"
+
+
+@dataclass
+class _RunState:
+    """What the loop has learnt so far in one run."""
+
+    scope: CallScope
+    request: Request
+    messages: list[dict[str, Any]]
+    tools: dict[str, ToolSpec]
+    tried: list[Attempt] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    degraded: list[str] = field(default_factory=list)
+    corrections: int = 0
+    model: str | None = None
+
+
+class Agent:
+    """Runs requests through the tool loop, within budget, recording everything."""
+
+    def __init__(self, settings: Settings, ledger: Ledger, skills: SkillSet, budget: Budget,
+                 caller: ModelCaller | None, router: Router, *,
+                 context_factory: Callable[[int, Request], ToolContext]) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.skills = skills
+        self.budget = budget
+        self.caller = caller
+        self.router = router
+        self.tools = ToolRunner(skills, ledger)
+        self.history = History(ledger, settings.history_tokens)
+        self._context = context_factory
+
+    async def run(self, request: Request, progress: Progress | None = None) -> Outcome:
+        """Handle one request end to end; always returns an Outcome (cancellation marks the run interrupted)."""
+        caps = self._caps(request)
+        run_id = self.ledger.start_run(Run(
+            trigger=request.trigger, channel=request.channel, chat_id=request.chat_id, user_id=request.user_id,
+            request=request.text, cap_tokens=caps.tokens, cap_micros=caps.micros, cap_steps=caps.steps,
+            cap_seconds=caps.seconds, started_at=self.ledger.now(),
+        ))
+        scope = CallScope(run_id=run_id, caps=caps, deadline=time.monotonic() + caps.seconds)
+        try:
+            outcome = await self._loop(request, scope, progress)
+        except asyncio.CancelledError:
+            self.ledger.finish_run(run_id, "interrupted", stop_reason="interrupted",
+                                   final_text="Interrupted: Aria was stopping.")
+            raise
+        except Exception as exc:  # a bug still ends in a message and a failure row (promise 3)
+            log.exception("run %s failed", run_id)
+            self.ledger.add_failure("agent", exc, "reported", run_id=run_id)
+            outcome = Outcome(run_id, "failed", f"Something broke on my side ({type(exc).__name__}); it is "
+                              f"recorded as run {run_id}. Nothing was done after the failure.", "error")
+        self.ledger.finish_run(run_id, outcome.status, stop_reason=outcome.stop_reason, final_text=outcome.text,
+                               model=outcome.model)
+        return outcome
+
+    def _caps(self, request: Request) -> Caps:
+        caps = caps_from_settings(self.settings)
+        factor = max(1.0, request.budget_factor)
+        return replace(caps, tokens=int(caps.tokens * factor), micros=int(caps.micros * factor),
+                       steps=int(caps.steps * factor))
+
+    async def _loop(self, request: Request, scope: CallScope, progress: Progress | None) -> Outcome:
+        if self.caller is None:
+            return self._handoff(scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
+                                 "no_model", actions=False)
+        state = self._start(request, scope)
+        models = self._models(request)
+        for _ in range(scope.caps.steps):
+            if time.monotonic() >= scope.deadline:
+                return await self._wrap_up(state, models, "the time limit for this request ran out", "seconds")
+            try:
+                result = await self.caller.chat(scope, state.messages, self._schemas(state), models,
+                                                want_tokens=self.settings.max_output_tokens,
+                                                min_tokens=self.settings.min_output_tokens)
+            except BudgetExhausted as exc:
+                return await self._wrap_up(state, models, f"the budget ran out ({exc.detail})", "budget")
+            except PriceUnknown as exc:
+                return self._handoff(scope, state.tried, str(exc), "models_failed", actions=False)
+            except AllModelsFailed as exc:
+                state.tried += [Attempt(f"model {m}", "failed", False) for m in scope.models_tried]
+                return self._handoff(scope, state.tried, f"no model could answer ({exc})", "models_failed")
+            state.model = result.model
+            if not result.tool_calls:
+                return self._answer(state, result)
+            stop = await self._run_tools(state, result, progress)
+            if stop is not None:
+                return stop
+        return await self._wrap_up(state, models, f"it took more than {scope.caps.steps} steps", "steps")
+
+    def _start(self, request: Request, scope: CallScope) -> _RunState:
+        now = self.ledger.clock.now().astimezone(self.settings.tz)
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt(now, self.settings.timezone)}]
+        messages += self.history.messages(request.chat_id, exclude_run=scope.run_id)
+        messages.append({"role": "user", "content": request.text})
+        tools = {spec.name: spec for spec in self.skills.select(request.text)}
+        return _RunState(scope=scope, request=request, messages=messages, tools=tools)
+
+    def _models(self, request: Request) -> list[str]:
+        share = self.budget.day_spent() / self.budget.day_cap if self.budget.day_cap else 1.0
+        return self.router.chain(self.router.route(request.text, escalate=request.escalate), day_share_used=share)
+
+    def _schemas(self, state: _RunState) -> list[dict[str, Any]]:
+        return [HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, *(spec.schema() for spec in state.tools.values())]
+
+    async def _run_tools(self, state: _RunState, result: ChatResult, progress: Progress | None) -> Outcome | None:
+        state.messages.append(_assistant_message(result))
+        for call in result.tool_calls:
+            if call.name == "handoff":
+                return self._model_handoff(state, call)
+            key = canonical(call)
+            if key in state.seen:
+                return self._handoff(state.scope, state.tried, f"no progress: {call.name} was asked for again with "
+                                     "the same arguments", "no_progress")
+            state.seen.add(key)
+            if call.name == "list_tools":
+                state.tools = dict(self.skills.tools)
+                content = "\n".join(f"{s.name}: {s.description.splitlines()[0]}" for s in state.tools.values())
+                state.messages.append(_tool_message(call, content or "no tools installed"))
+                continue
+            if progress is not None:
+                await progress(f"Working: {call.name}…")
+            ctx = self._context(state.scope.run_id, state.request)
+            ran = await self.tools.run(state.scope, call, ctx)
+            what, _, result_text = ran.summary.partition(" → ")
+            state.tried.append(Attempt(what, result_text, ran.status == "ok"))
+            if ran.service:
+                state.degraded.append(ran.service)
+            if ran.status in ("invalid", "unknown"):
+                state.corrections += 1
+                if state.corrections > 1:
+                    return self._handoff(state.scope, state.tried, "the model kept sending invalid tool arguments "
+                                         "after one correction", "invalid_arguments")
+            state.messages.append(_tool_message(call, ran.content))
+        return None
+
+    def _answer(self, state: _RunState, result: ChatResult) -> Outcome:
+        text = (result.text or "").strip()
+        if not text:
+            return self._handoff(state.scope, state.tried, "the model returned an empty answer", "models_failed")
+        status: OutcomeStatus = "ok"
+        if state.degraded:
+            services = ", ".join(sorted(set(state.degraded)))
+            text = f"I couldn't reach {services}; here is what I know anyway:\n\n{text}"
+            status = "degraded"
+        return Outcome(state.scope.run_id, status, text, "answer", model=result.model)
+
+    def _model_handoff(self, state: _RunState, call: ToolCallRequest) -> Outcome:
+        try:
+            args = HandoffArgs.model_validate(json.loads(call.arguments or "{}"))
+        except (json.JSONDecodeError, ValidationError):
+            args = HandoffArgs(reason="the model could not answer reliably")
+        tried = state.tried + [Attempt(t, "see above", False) for t in args.tried]
+        return self._handoff(state.scope, tried, args.reason.rstrip("."), "handoff", known=args.known,
+                             model=state.model)
+
+    async def _wrap_up(self, state: _RunState, models: list[str], reason: str, stop: StopReason) -> Outcome:
+        """One tool-less call to summarise what was found, if its reservation fits; else a templated handoff."""
+        assert self.caller is not None
+        messages = [*state.messages, {"role": "user", "content": WRAP_UP}]
+        try:
+            result = await self.caller.chat(state.scope, messages, [], models[:1],
+                                            want_tokens=min(400, self.settings.max_output_tokens),
+                                            min_tokens=self.settings.min_output_tokens)
+        except (BudgetExhausted, AllModelsFailed, PriceUnknown):
+            return self._handoff(state.scope, state.tried, reason, stop, status="budget_exhausted")
+        return self._handoff(state.scope, state.tried, reason, stop, known=result.text or "",
+                             status="budget_exhausted", model=result.model)
+
+    def _handoff(self, scope: CallScope, tried: list[Attempt], reason: str, stop: StopReason, *, known: str = "",
+                 status: OutcomeStatus = "handoff", actions: bool = True, model: str | None = None) -> Outcome:
+        text = Handoff(reason=reason, tried=tried, known=known, budget_line=self._budget_line(scope)).render()
+        buttons: list[Action] = retry_actions(scope.run_id) if actions else []
+        return Outcome(scope.run_id, status, text, stop, buttons, model=model)
+
+    def _budget_line(self, scope: CallScope) -> str:
+        run = self.ledger.run(scope.run_id)
+        if run is None:
+            return ""
+        return (f"Budget used: ${run.cost_micros / MICROS:.4f} of ${scope.caps.micros / MICROS:.2f}, "
+                f"{run.steps} steps.")
+
+
+def _assistant_message(result: ChatResult) -> dict[str, Any]:
+    return {
+        "role": "assistant", "content": result.text or None,
+        "tool_calls": [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                       for c in result.tool_calls],
+    }
+
+
+def _tool_message(call: ToolCallRequest, content: str) -> dict[str, Any]:
+    return {"role": "tool", "tool_call_id": call.id, "content": content}

@@ -1,0 +1,71 @@
+"""What a run ends with: the message the owner gets, its status, and the buttons that can help."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+StopReason = Literal[
+    "answer", "handoff", "budget", "steps", "seconds", "no_progress", "models_failed", "invalid_arguments",
+    "no_model", "error", "interrupted",
+]
+OutcomeStatus = Literal["ok", "degraded", "handoff", "budget_exhausted", "failed", "interrupted"]
+
+
+@dataclass(frozen=True)
+class Action:
+    """A button under the final message: a label and the callback data naming what it does."""
+
+    label: str
+    data: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of a run."""
+
+    run_id: int | None
+    status: OutcomeStatus
+    text: str
+    stop_reason: StopReason
+    actions: list[Action] = field(default_factory=list)
+    model: str | None = None
+
+
+@dataclass
+class Attempt:
+    """One thing the run tried, for the handoff's "what I tried" list."""
+
+    what: str
+    result: str
+    ok: bool
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """An explicit "I don't know": why, what was tried, what is known anyway."""
+
+    reason: str
+    tried: list[Attempt]
+    known: str = ""
+    budget_line: str = ""
+
+    def render(self) -> str:
+        """The owner-facing text, short enough for a phone."""
+        lines = [f"I don't know: {self.reason}."]
+        if self.tried:
+            lines.append("What I tried:")
+            lines += [f"• {a.what} → {a.result}" for a in self.tried[-6:]]
+        if self.known.strip():
+            lines.append(f"What I know anyway: {self.known.strip()}")
+        if self.budget_line:
+            lines.append(self.budget_line)
+        return "\n".join(lines)
+
+
+def retry_actions(run_id: int | None) -> list[Action]:
+    """Buttons offered where the owner can help: try the strong model, or allow one more budget's worth."""
+    if run_id is None:
+        return []
+    return [Action("Retry with strong model", f"retry:strong:{run_id}"),
+            Action("Allow more budget once", f"retry:budget:{run_id}")]

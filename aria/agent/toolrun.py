@@ -1,0 +1,158 @@
+"""Running the model's tool calls: parse, validate, time-limit, record, and fence the output as data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from aria.errors import ConnectorDown, ToolError, ToolInputError, ToolTimeout
+from aria.ledger import Ledger, Step
+from aria.llm.client import CallScope, ToolCallRequest
+from aria.skills import SkillSet, ToolContext, ToolSpec
+
+ToolStatus = Literal["ok", "invalid", "unknown", "error", "timeout", "degraded", "refused"]
+OUTPUT_TOKENS = 1_500  # tool output handed back to the model, at most
+
+
+class HandoffArgs(BaseModel):
+    """Arguments of the model's "I don't know" tool."""
+
+    reason: str = Field(description="why you cannot answer reliably", max_length=500)
+    tried: list[str] = Field(default_factory=list, description="what you tried and how it failed", max_length=10)
+    known: str = Field(default="", description="what you know anyway", max_length=1500)
+
+
+HANDOFF_SCHEMA: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "handoff",
+        "description": "Say you don't know instead of guessing: why, what you tried, what you know anyway.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "reason": {"type": "string"},
+                "tried": {"type": "array", "items": {"type": "string"}},
+                "known": {"type": "string"},
+            },
+            "required": ["reason"],
+        },
+    },
+}
+LIST_TOOLS_SCHEMA: dict[str, Any] = {
+    "type": "function",
+    "function": {"name": "list_tools", "description": "List every available tool; named ones become callable.",
+                 "parameters": {"type": "object", "properties": {}}},
+}
+
+
+@dataclass(frozen=True)
+class ToolRun:
+    """What happened when one tool call was handled."""
+
+    status: ToolStatus
+    content: str  # what goes back to the model (already fenced when it is tool output)
+    summary: str  # one line for the handoff's "what I tried"
+    service: str | None = None  # the unreachable service, when degraded
+
+
+def fence(tool: str, output: str, budget_tokens: int = OUTPUT_TOKENS) -> str:
+    """Wrap tool output as data, trimmed to a token budget, so text in it cannot pose as instructions."""
+    limit = budget_tokens * 4
+    trimmed = output if len(output) <= limit else output[:limit] + f"\n…[trimmed {len(output) - limit} chars]"
+    safe = trimmed.replace("</tool_output>", "</tool_output_>")
+    return f'<tool_output tool="{tool}">\n{safe}\n</tool_output>'
+
+
+def canonical(call: ToolCallRequest) -> str:
+    """A stable key for "the same call again" (argument order and spacing ignored)."""
+    try:
+        args = json.dumps(json.loads(call.arguments or "{}"), sort_keys=True, separators=(",", ":"))
+    except json.JSONDecodeError:
+        args = call.arguments
+    return f"{call.name}:{args}"
+
+
+def render_output(value: Any) -> str:
+    """Tool results as compact text: models dumped as JSON, strings as they are."""
+    if isinstance(value, BaseModel):
+        return value.model_dump_json(exclude_none=True)
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+class ToolRunner:
+    """Executes tool calls for a run and records each as a step (and a failure when it fails)."""
+
+    def __init__(self, skills: SkillSet, ledger: Ledger) -> None:
+        self.skills = skills
+        self.ledger = ledger
+
+    async def run(self, scope: CallScope, call: ToolCallRequest, ctx: ToolContext) -> ToolRun:
+        """Handle one call; never raises for tool-side problems (they go back to the model as data)."""
+        spec = self.skills.tools.get(call.name)
+        if spec is None:
+            known = ", ".join(sorted(self.skills.tools)) or "none"
+            return self._refuse(scope, call, "unknown", f"unknown tool {call.name!r}; available: {known}")
+        started = time.monotonic()
+        try:
+            arguments = _parse_arguments(spec, call.arguments)
+            timeout = min(spec.timeout, max(0.1, scope.deadline - started))
+            async with asyncio.timeout(timeout):
+                value = await spec.call(ctx, arguments)
+        except ToolInputError as exc:
+            return self._record(scope, call, spec, "invalid", started, exc, str(exc))
+        except TimeoutError:
+            exc = ToolTimeout(f"{call.name} did not finish within {spec.timeout:g}s")
+            return self._record(scope, call, spec, "timeout", started, exc, str(exc))
+        except ConnectorDown as exc:
+            return self._record(scope, call, spec, "degraded", started, exc, str(exc), service=exc.service)
+        except ToolError as exc:
+            return self._record(scope, call, spec, "error", started, exc, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a skill's own bug must reach the model and ledger as a failure
+            error = ToolError(f"{call.name} crashed: {type(exc).__name__}: {exc}")
+            return self._record(scope, call, spec, "error", started, error, str(error))
+        output = render_output(value)
+        self._step(scope, call, spec, "ok", started, result=output)
+        return ToolRun("ok", fence(call.name, output), f"{call.name} → ok")
+
+    def _record(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, status: ToolStatus,
+                started: float, error: Exception, message: str, service: str | None = None) -> ToolRun:
+        step_status = {"timeout": "timeout", "invalid": "refused"}.get(status, "error")
+        step_id = self._step(scope, call, spec, step_status, started, result=message, error=error)
+        handling = {"invalid": "corrected", "degraded": "degraded"}.get(status, "reported")
+        self.ledger.add_failure(f"tool:{spec.name}", error, handling, run_id=scope.run_id, step_id=step_id)
+        content = fence(call.name, f"ERROR ({type(error).__name__}): {message}")
+        return ToolRun(status, content, f"{call.name} → {message[:160]}", service)
+
+    def _refuse(self, scope: CallScope, call: ToolCallRequest, status: ToolStatus, message: str) -> ToolRun:
+        step_id = self.ledger.add_step(Step(
+            run_id=scope.run_id, seq=next(scope.seq), kind="tool", name=call.name[:64], status="refused",
+            started_at=self.ledger.now(), error_type="UnknownTool", args=call.arguments[:500], result=message,
+        ))
+        self.ledger.add_failure("tool", ToolInputError(message), "corrected", run_id=scope.run_id, step_id=step_id)
+        return ToolRun(status, f"ERROR: {message}", f"{call.name} → unknown tool")
+
+    def _step(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, status: str, started: float, *,
+              result: str, error: Exception | None = None) -> int:
+        return self.ledger.add_step(Step(
+            run_id=scope.run_id, seq=next(scope.seq), kind="tool", name=spec.name, skill=spec.skill, status=status,
+            started_at=self.ledger.now(), latency_ms=int((time.monotonic() - started) * 1000),
+            error_type=type(error).__name__ if error else None, args=call.arguments[:1000], result=result,
+        ))
+
+
+def _parse_arguments(spec: ToolSpec, raw: str) -> BaseModel:
+    try:
+        data = json.loads(raw or "{}")
+    except json.JSONDecodeError as exc:
+        raise ToolInputError(f"arguments for {spec.name} are not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ToolInputError(f"arguments for {spec.name} must be a JSON object")
+    return spec.validate(data)
+

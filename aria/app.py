@@ -1,0 +1,123 @@
+"""The composition root: builds every part from the settings and hands each its collaborators."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import openai
+
+from aria import __version__
+from aria.agent.loop import Agent, Request
+from aria.breaker import BreakerBoard
+from aria.clock import Clock, SystemClock
+from aria.config import Settings
+from aria.connectors import Connectors
+from aria.ledger import Ledger
+from aria.ledger.redact import Redactor
+from aria.llm.budget import Budget
+from aria.llm.client import ModelCaller
+from aria.llm.pricing import PriceBook
+from aria.llm.router import Router
+from aria.skills import SkillSet, ToolContext, builtin_skills_dir, discover
+
+log = logging.getLogger(__name__)
+ReminderHook = Callable[[int, dt.datetime], None]
+
+
+@dataclass
+class Aria:
+    """Every long-lived part of Aria, built once per process."""
+
+    settings: Settings
+    ledger: Ledger
+    skills: SkillSet
+    prices: PriceBook
+    budget: Budget
+    board: BreakerBoard
+    connectors: Connectors
+    router: Router
+    caller: ModelCaller | None
+    agent: Agent
+    started_at: dt.datetime
+    version: str = __version__
+    on_reminder: ReminderHook | None = None
+    _openai: openai.AsyncOpenAI | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, settings: Settings, *, clock: Clock | None = None,
+              sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> Aria:
+        """Wire everything from settings; opening the ledger migrates it."""
+        clock = clock or SystemClock()
+        ledger = Ledger.open(settings.db_path, clock=clock, redactor=Redactor(settings.secrets()))
+        folders = [builtin_skills_dir(), *([settings.skills_dir] if settings.skills_dir else [])]
+        skills = discover(folders)
+        for broken in skills.broken:
+            ledger.add_failure("skills", f"{broken.name}: {broken.error}", "reported")
+        is_openai = not settings.openai_base_url or "api.openai.com" in settings.openai_base_url
+        prices = PriceBook(settings.prices_file, provider_id="openai" if is_openai else None)
+        budget = Budget(ledger, prices, day_cap_usd=settings.day_max_usd, tz=settings.tz,
+                        provider=_provider_name(settings))
+        board = BreakerBoard(ledger, failure_threshold=settings.breaker_failures,
+                             cooldown=settings.breaker_cooldown_seconds)
+        connectors = Connectors(ledger, board)
+        router = Router(settings.model_cheap, settings.model_strong, tuple(settings.model_fallbacks),
+                        settings.cheap_only_share)
+        client, caller = _model_caller(settings, ledger, budget, board, sleep)
+        holder: dict[str, Aria] = {}
+
+        def context(run_id: int, request: Request) -> ToolContext:
+            return ToolContext(settings=settings, ledger=ledger, clock=clock, run_id=run_id,
+                               chat_id=request.chat_id, connectors=connectors,
+                               on_reminder=holder["aria"].on_reminder if holder else None)
+
+        agent = Agent(settings, ledger, skills, budget, caller, router, context_factory=context)
+        aria = cls(settings=settings, ledger=ledger, skills=skills, prices=prices, budget=budget, board=board,
+                   connectors=connectors, router=router, caller=caller, agent=agent,
+                   started_at=ledger.now(), _openai=client)
+        holder["aria"] = aria
+        return aria
+
+    async def aclose(self) -> None:
+        """Close network clients and the database pool."""
+        await self.connectors.aclose()
+        if self._openai is not None:
+            await self._openai.close()
+        self.ledger.engine.dispose()
+
+
+def _provider_name(settings: Settings) -> str:
+    if not settings.openai_base_url:
+        return "openai"
+    from urllib.parse import urlsplit
+
+    return urlsplit(settings.openai_base_url).netloc or "custom"
+
+
+def _model_caller(settings: Settings, ledger: Ledger, budget: Budget, board: BreakerBoard,
+                  sleep: Callable[[float], Awaitable[None]]) -> tuple[openai.AsyncOpenAI | None, ModelCaller | None]:
+    if not settings.model_configured:
+        return None, None
+    key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "unused"
+    # One retry loop owns retries (ours): the client's own are off so each attempt is budgeted and recorded.
+    client = openai.AsyncOpenAI(api_key=key, base_url=settings.openai_base_url, max_retries=0,
+                                timeout=settings.llm_timeout_seconds)
+    caller = ModelCaller(client, ledger, budget, board, base_url=str(client.base_url),
+                         timeout=settings.llm_timeout_seconds, sleep=sleep)
+    return client, caller
+
+
+def data_dir_writable(path: Path) -> bool:
+    """True when the data directory exists (or can be made) and is writable."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,129 @@
+"""The `aria` command: run, chat, doctor, version."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import typer
+
+from aria import __version__
+from aria.config import Settings, load_settings, require_owner
+from aria.errors import ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Aria, a personal ops agent on Telegram.")
+
+NO_TOKEN = """Telegram is not set up yet. To run the bot:
+  1. In Telegram, talk to @BotFather, send /newbot, and copy the token it gives you.
+  2. Talk to @userinfobot to learn your numeric user ID.
+  3. Put both in .env (see .env.example):
+       TELEGRAM_BOT_TOKEN=123456:ABC...
+       ARIA_OWNER_IDS=<your user id>
+Until then, `aria chat` talks to the same agent in this terminal."""
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(f"config error: {problem}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _build(settings: Settings):  # type: ignore[no-untyped-def]
+    from aria.app import Aria
+    from aria.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.secrets())
+    try:
+        return Aria.build(settings)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(f"config error: {problem}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def run(
+    chat_if_unconfigured: bool = typer.Option(
+        False, "--chat-if-unconfigured", help="Without a Telegram token, explain the set-up and start `aria chat`."
+    ),
+) -> None:
+    """Run the Telegram bot (long polling) until SIGINT/SIGTERM."""
+    settings = _settings()
+    if settings.telegram_bot_token is None:
+        typer.echo(NO_TOKEN, err=True)
+        if chat_if_unconfigured:
+            _chat(settings)
+            return
+        raise typer.Exit(2)
+    try:
+        require_owner(settings)
+    except ConfigError as exc:
+        typer.echo(f"config error: {exc.problems[0]}", err=True)
+        raise typer.Exit(2) from None
+    from aria.telegram.bot import build_application
+
+    aria = _build(settings)
+    application = build_application(aria)
+    # run_polling installs SIGINT/SIGTERM handlers and stops gracefully: running handlers finish first,
+    # then post_shutdown closes Aria's clients.
+    application.run_polling(allowed_updates=["message", "edited_message", "callback_query"])
+
+
+@app.command()
+def chat() -> None:
+    """Talk to Aria in this terminal: the same agent loop, no Telegram needed."""
+    _chat(_settings())
+
+
+def _chat(settings: Settings) -> None:
+    from aria.terminal import chat as chat_loop
+
+    aria = _build(settings)
+
+    async def main() -> None:
+        try:
+            await chat_loop(aria)
+        finally:
+            await aria.aclose()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        typer.echo("")
+
+
+@app.command()
+def doctor() -> None:
+    """Check settings, database, skills, the Bot API and the model endpoint."""
+    from aria.doctor import render, run_checks
+
+    aria = _build(_settings())
+
+    async def main() -> list:  # type: ignore[type-arg]
+        try:
+            return await run_checks(aria)
+        finally:
+            await aria.aclose()
+
+    checks = asyncio.run(main())
+    typer.echo(render(checks))
+    if any(c.verdict == "fail" for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+def version() -> None:
+    """Print Aria's version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="aria")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""`aria doctor`: check settings, database, skills, Bot API and model endpoint; print a table."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal
+
+import openai
+from telegram import Bot
+from telegram.error import TelegramError
+
+from aria.app import Aria, data_dir_writable
+
+Verdict = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's table."""
+
+    name: str
+    verdict: Verdict
+    detail: str
+
+
+async def run_checks(aria: Aria) -> list[Check]:
+    """Every check, in order; none raises."""
+    settings = aria.settings
+    checks = [Check("settings", "ok", f"owners {len(settings.owner_ids)}, time zone {settings.timezone}")]
+    if not settings.owner_ids:
+        checks.append(Check("owners", "warn", "ARIA_OWNER_IDS is empty: the bot would answer nobody"))
+    writable = data_dir_writable(settings.data_dir)
+    checks.append(Check("database", "ok" if writable else "fail",
+                        f"{settings.db_path} (WAL, migrated)" if writable else f"{settings.data_dir} is not writable"))
+    checks.append(Check("skills", "fail" if aria.skills.broken else "ok",
+                        "; ".join(f"{b.name}: {b.error}" for b in aria.skills.broken)
+                        or f"{len(aria.skills.skills)} skills, {len(aria.skills.tools)} tools"))
+    checks.append(await _bot_api(aria))
+    checks += await _model_endpoint(aria)
+    return checks
+
+
+async def _bot_api(aria: Aria) -> Check:
+    token = aria.settings.telegram_bot_token
+    if token is None:
+        return Check("telegram", "warn", "TELEGRAM_BOT_TOKEN not set (aria chat still works)")
+    try:
+        async with Bot(token.get_secret_value(), base_url=aria.settings.bot_api_base) as bot:
+            me = await asyncio.wait_for(bot.get_me(), timeout=15)
+    except (TelegramError, TimeoutError) as exc:
+        return Check("telegram", "fail", f"getMe failed at {aria.settings.telegram_api_url}: {type(exc).__name__}")
+    return Check("telegram", "ok", f"@{me.username} via {aria.settings.telegram_api_url}")
+
+
+async def _model_endpoint(aria: Aria) -> list[Check]:
+    settings = aria.settings
+    if aria.caller is None:
+        return [Check("model", "warn", "no endpoint: set OPENAI_API_KEY or OPENAI_BASE_URL")]
+    checks: list[Check] = []
+    try:
+        models = await asyncio.wait_for(aria.caller.client.models.list(), timeout=15)
+        names = {m.id for m in models.data}
+        checks.append(Check("model endpoint", "ok", f"{aria.caller.endpoint}: {len(names)} models listed"))
+    except (openai.APIError, TimeoutError) as exc:
+        checks.append(Check("model endpoint", "fail", f"{aria.caller.endpoint}: {type(exc).__name__}"))
+        names = set()
+    for model in dict.fromkeys([settings.model_cheap, settings.model_strong, *settings.model_fallbacks]):
+        priced = aria.prices.is_known(model)
+        listed = not names or model in names
+        verdict: Verdict = "ok" if priced and listed else "fail"
+        detail = "priced" if priced else "no price: calls refused (set ARIA_PRICES_FILE)"
+        checks.append(Check(f"model {model}", verdict, detail + ("" if listed else ", not listed by the endpoint")))
+    return checks
+
+
+def render(checks: list[Check]) -> str:
+    """A plain table."""
+    width = max(len(c.name) for c in checks)
+    marks = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL"}
+    return "\n".join(f"{marks[c.verdict]}  {c.name.ljust(width)}  {c.detail}" for c in checks)

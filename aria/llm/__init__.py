@@ -1,0 +1,1 @@
+"""Model access: prices, budgets, routing, retries, breakers and fallbacks."""

@@ -1,0 +1,186 @@
+"""Caps that are never overshot: reserve the worst case before a call, settle to the reported usage after.
+
+A reservation is a `spend` row in status `reserved` holding the worst case of the call (prompt upper bound at the
+input rate plus max_tokens at the output rate). The check of what is left and the insert of the reservation run in
+one IMMEDIATE transaction, so concurrent runs (tasks or processes) cannot pass a cap together. Settling replaces the
+reservation with the priced usage, which can only be smaller; a failed call releases it, and a call whose billing
+is unknowable (a timeout after the request was sent) keeps it as an estimated cost.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import case, func
+from sqlmodel import Session, select
+
+from aria.errors import BudgetExhausted
+from aria.ledger import Ledger, Run, Spend, usd_to_micros
+from aria.llm.pricing import PriceBook, TokenCounts
+
+if TYPE_CHECKING:
+    from aria.config import Settings
+
+# What a spend row counts for against a cap: its reservation until settled, then its cost.
+_COUNTED = case((Spend.status == "reserved", Spend.reserved_micros), (Spend.status == "settled", Spend.cost_micros),
+                else_=0)
+_TOKENS = case((Spend.status == "reserved", Spend.reserved_tokens),
+               (Spend.status == "settled", Spend.prompt_tokens + Spend.completion_tokens), else_=0)
+
+
+@dataclass(frozen=True)
+class Caps:
+    """Per-run limits."""
+
+    tokens: int
+    micros: int
+    steps: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A reserved worst case for one call."""
+
+    spend_id: int
+    run_id: int
+    model: str
+    prompt_upper: int
+    max_tokens: int
+    micros: int
+
+
+@dataclass(frozen=True)
+class Remaining:
+    """What is left for a run right now."""
+
+    run_micros: int
+    day_micros: int
+    tokens: int
+
+    @property
+    def micros(self) -> int:
+        """The binding dollar limit."""
+        return min(self.run_micros, self.day_micros)
+
+
+class Budget:
+    """Reserves and settles spend against the run's caps and the owner's daily cap."""
+
+    def __init__(self, ledger: Ledger, prices: PriceBook, *, day_cap_usd: float, tz: ZoneInfo,
+                 provider: str = "openai") -> None:
+        self.ledger = ledger
+        self.prices = prices
+        self.day_cap = usd_to_micros(day_cap_usd)
+        self.tz = tz
+        self.provider = provider
+
+    def today(self) -> str:
+        """The owner's local date, the key a day's spend is counted under."""
+        return self.ledger.clock.now().astimezone(self.tz).date().isoformat()
+
+    def day_spent(self, day: str | None = None) -> int:
+        """Micro-dollars counted against a day (reservations included)."""
+        with self.ledger.read() as s:
+            return int(s.exec(select(func.coalesce(func.sum(_COUNTED), 0)).where(Spend.day == (day or self.today())))
+                       .one())
+
+    def remaining(self, run_id: int, caps: Caps) -> Remaining:
+        """What this run may still spend, in dollars and tokens."""
+        with self.ledger.read() as s:
+            return self._remaining(s, run_id, caps)
+
+    def _remaining(self, s: Session, run_id: int, caps: Caps) -> Remaining:
+        run_micros, run_tokens = s.exec(
+            select(func.coalesce(func.sum(_COUNTED), 0), func.coalesce(func.sum(_TOKENS), 0))
+            .where(Spend.run_id == run_id)
+        ).one()
+        day = s.exec(
+            select(func.coalesce(func.sum(_COUNTED), 0)).where(Spend.day == self.today())
+        ).one()
+        return Remaining(run_micros=caps.micros - int(run_micros), day_micros=self.day_cap - int(day),
+                         tokens=caps.tokens - int(run_tokens))
+
+    def reserve(self, run_id: int, caps: Caps, model: str, prompt_upper: int, *, want: int,
+                minimum: int) -> Reservation:
+        """Reserve the worst case of one call, with max_tokens fitted to what is left (at most `want`).
+
+        Raises BudgetExhausted when fewer than `minimum` output tokens would fit, and PriceUnknown for an
+        unpriced model (before anything is written).
+        """
+        self.prices.source(model)
+        with self.ledger.write() as s:
+            left = self._remaining(s, run_id, caps)
+            by_tokens = left.tokens - prompt_upper
+            by_money = self.prices.fit_max_tokens(model, prompt_upper, left.micros, max(0, min(want, by_tokens)))
+            max_tokens = min(want, by_tokens, by_money)
+            if max_tokens < minimum:
+                binding = "day" if left.day_micros <= left.run_micros else "run"
+                if by_tokens < minimum:
+                    binding = "tokens"
+                raise BudgetExhausted(binding, _explain(binding, left, prompt_upper, minimum))
+            micros = self.prices.worst_case_micros(model, prompt_upper, max_tokens)
+            row = Spend(run_id=run_id, provider=self.provider, model=model, status="reserved",
+                        reserved_tokens=prompt_upper + max_tokens, reserved_micros=micros,
+                        price_source=self.prices.source(model), day=self.today(), created_at=self.ledger.now())
+            s.add(row)
+            s.flush()
+            assert row.id is not None
+            return Reservation(row.id, run_id, model, prompt_upper, max_tokens, micros)
+
+    def settle(self, reservation: Reservation, tokens: TokenCounts, *, step_id: int | None = None,
+               raw_usage: dict[str, object] | None = None) -> int:
+        """Replace a reservation with the priced usage; returns the cost in micro-dollars."""
+        cost = self.prices.cost_micros(reservation.model, tokens)
+        with self.ledger.write() as s:
+            row = s.get(Spend, reservation.spend_id)
+            assert row is not None
+            row.status, row.step_id, row.cost_micros = "settled", step_id, cost
+            row.prompt_tokens, row.completion_tokens = tokens.prompt, tokens.completion
+            row.cached_tokens, row.reasoning_tokens = tokens.cached, tokens.reasoning
+            row.usage_json = json.dumps(raw_usage, default=str) if raw_usage is not None else None
+            row.settled_at = self.ledger.now()
+            s.add(row)
+            run = s.get(Run, reservation.run_id)
+            if run is not None:
+                run.prompt_tokens += tokens.prompt
+                run.completion_tokens += tokens.completion
+                run.cost_micros += cost
+                run.model = reservation.model
+                s.add(run)
+        return cost
+
+    def release(self, reservation: Reservation, *, billed_unknown: bool = False, step_id: int | None = None) -> None:
+        """A call failed: nothing was billed (release), or billing is unknown (keep the worst case as cost)."""
+        with self.ledger.write() as s:
+            row = s.get(Spend, reservation.spend_id)
+            assert row is not None
+            row.step_id = step_id
+            row.settled_at = self.ledger.now()
+            if billed_unknown:
+                row.status, row.cost_micros, row.price_known = "settled", reservation.micros, False
+                row.prompt_tokens, row.completion_tokens = reservation.prompt_upper, reservation.max_tokens
+                run = s.get(Run, reservation.run_id)
+                if run is not None:
+                    run.cost_micros += reservation.micros
+                    s.add(run)
+            else:
+                row.status = "released"
+            s.add(row)
+
+
+def _explain(binding: str, left: Remaining, prompt_upper: int, minimum: int) -> str:
+    usd = left.micros / 1_000_000
+    if binding == "tokens":
+        return f"{max(left.tokens, 0)} tokens left, a call needs {prompt_upper + minimum}"
+    scope = "today's budget" if binding == "day" else "this request's budget"
+    return f"${max(usd, 0):.4f} left of {scope}, not enough for a useful answer"
+
+
+def caps_from_settings(settings: Settings) -> Caps:
+    """The per-run caps configured in settings."""
+    return Caps(tokens=settings.run_max_tokens, micros=usd_to_micros(settings.run_max_usd),
+                steps=settings.run_max_steps, seconds=settings.run_max_seconds)

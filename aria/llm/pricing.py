@@ -1,0 +1,136 @@
+"""Prices per model, from the maintained genai-prices table with a local override file.
+
+An unknown model fails closed (PriceUnknown): a dollar cap that cannot be priced is no cap. The override file
+(TOML, ARIA_PRICES_FILE) sets or corrects prices in dollars per million tokens:
+
+    [models."llama3.1:8b"]
+    input = 0.0
+    output = 0.0
+    cached_input = 0.0   # optional, defaults to input
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Literal
+
+from aria.errors import ConfigError, PriceUnknown
+
+PriceSource = Literal["genai-prices", "override"]
+_MICROS = Decimal(1_000_000)
+_MTOK = Decimal(1_000_000)
+
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """Tokens of one call as the provider reports them. `prompt` includes `cached`; `completion` includes
+    `reasoning` (that is how OpenAI-compatible endpoints bill them)."""
+
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+    reasoning: int = 0
+
+
+@dataclass(frozen=True)
+class OverridePrice:
+    """Dollars per million tokens from the override file."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal
+
+
+class PriceBook:
+    """Prices calls in micro-dollars."""
+
+    def __init__(self, overrides_file: Path | None = None, *, provider_id: str | None = None) -> None:
+        self.provider_id = provider_id
+        self.overrides = load_overrides(overrides_file) if overrides_file else {}
+
+    def source(self, model: str) -> PriceSource:
+        """Where this model's price comes from; raises PriceUnknown when nowhere."""
+        if model in self.overrides:
+            return "override"
+        self._dollars(model, TokenCounts(prompt=1))
+        return "genai-prices"
+
+    def is_known(self, model: str) -> bool:
+        """True when the model can be priced."""
+        try:
+            self.source(model)
+        except PriceUnknown:
+            return False
+        return True
+
+    def cost_micros(self, model: str, tokens: TokenCounts) -> int:
+        """The billed cost of a call, rounded to the nearest micro-dollar."""
+        return int((self._dollars(model, tokens) * _MICROS).to_integral_value(ROUND_HALF_UP))
+
+    def worst_case_micros(self, model: str, prompt_upper: int, max_tokens: int) -> int:
+        """An upper bound: every prompt token at the full input rate, every allowed output token billed."""
+        dollars = self._dollars(model, TokenCounts(prompt=prompt_upper, completion=max_tokens))
+        return math.ceil(dollars * _MICROS)
+
+    def fit_max_tokens(self, model: str, prompt_upper: int, budget_micros: int, ceiling: int) -> int:
+        """The largest max_tokens (≤ ceiling) whose worst case fits in budget_micros; 0 when none does."""
+        if self.worst_case_micros(model, prompt_upper, 0) > budget_micros:
+            return 0
+        if self.worst_case_micros(model, prompt_upper, ceiling) <= budget_micros:
+            return ceiling
+        low, high = 0, ceiling  # cost is monotonic in output tokens: bisect for the exact fit
+        while low < high:
+            mid = (low + high + 1) // 2
+            if self.worst_case_micros(model, prompt_upper, mid) <= budget_micros:
+                low = mid
+            else:
+                high = mid - 1
+        return low
+
+    def _dollars(self, model: str, tokens: TokenCounts) -> Decimal:
+        override = self.overrides.get(model)
+        if override is not None:
+            uncached = Decimal(tokens.prompt - tokens.cached)
+            return (uncached * override.input + Decimal(tokens.cached) * override.cached_input
+                    + Decimal(tokens.completion) * override.output) / _MTOK
+        from genai_prices import Usage, calc_price  # deferred: the price table is large
+
+        usage = Usage(input_tokens=tokens.prompt, output_tokens=tokens.completion,
+                      cache_read_tokens=tokens.cached or None)
+        try:
+            return calc_price(usage, model, provider_id=self.provider_id).total_price
+        except LookupError:
+            if self.provider_id is not None:
+                try:
+                    return calc_price(usage, model).total_price
+                except LookupError:
+                    pass
+            raise PriceUnknown(
+                f"no price known for model {model!r}: add it to the file named by ARIA_PRICES_FILE"
+            ) from None
+
+
+def load_overrides(path: Path) -> dict[str, OverridePrice]:
+    """Read the override file; a malformed one is a configuration error naming the file and model."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError([f"ARIA_PRICES_FILE: cannot read {path}: {exc}"]) from None
+    prices: dict[str, OverridePrice] = {}
+    for model, entry in (data.get("models") or {}).items():
+        try:
+            input_rate = Decimal(str(entry["input"]))
+            output_rate = Decimal(str(entry["output"]))
+            cached = Decimal(str(entry.get("cached_input", entry["input"])))
+        except (KeyError, TypeError, ArithmeticError):
+            raise ConfigError(
+                [f"ARIA_PRICES_FILE: model {model!r} needs numeric 'input' and 'output' (USD per million tokens)"]
+            ) from None
+        if min(input_rate, output_rate, cached) < 0:
+            raise ConfigError([f"ARIA_PRICES_FILE: model {model!r} has a negative price"])
+        prices[model] = OverridePrice(input_rate, output_rate, cached)
+    return prices

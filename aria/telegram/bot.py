@@ -1,0 +1,73 @@
+"""Builds the python-telegram-bot Application around an Aria instance."""
+
+from __future__ import annotations
+
+import logging
+
+from telegram import BotCommand, Update
+from telegram.ext import (
+    AIORateLimiter,
+    Application,
+    CallbackQueryHandler,
+    CommandHandler,
+    MessageHandler,
+    TypeHandler,
+    filters,
+)
+
+from aria.app import Aria
+from aria.telegram import handlers
+from aria.views import COMMANDS
+
+log = logging.getLogger(__name__)
+CONCURRENT_UPDATES = 8  # other chats and runs go on while one run works
+
+
+def build_application(aria: Aria) -> Application:  # type: ignore[type-arg]
+    """A ready Application: owner guard first, then commands, buttons and text."""
+    settings = aria.settings
+    if settings.telegram_bot_token is None:
+        raise ValueError("TELEGRAM_BOT_TOKEN is not set")
+    application = (
+        Application.builder()
+        .token(settings.telegram_bot_token.get_secret_value())
+        .base_url(settings.bot_api_base)
+        .base_file_url(f"{settings.telegram_api_url}/file/bot")
+        .concurrent_updates(CONCURRENT_UPDATES)
+        .rate_limiter(AIORateLimiter(max_retries=3))
+        .post_init(_post_init)
+        .post_stop(_post_stop)
+        .post_shutdown(_post_shutdown)
+        .build()
+    )
+    application.bot_data["aria"] = aria
+    application.add_handler(TypeHandler(Update, handlers.owner_guard), group=-1)
+    application.add_handler(CommandHandler(["start", "help"], handlers.start))
+    application.add_handler(CommandHandler("skills", handlers.skills))
+    application.add_handler(CommandHandler("status", handlers.status))
+    application.add_handler(CallbackQueryHandler(handlers.retry_button, pattern=r"^retry:"))
+    application.add_handler(CallbackQueryHandler(handlers.unknown_button))
+    application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, handlers.text))
+    application.add_handler(MessageHandler(filters.COMMAND, handlers.start))
+    application.add_handler(MessageHandler(~filters.TEXT & ~filters.StatusUpdate.ALL, handlers.unsupported))
+    application.add_error_handler(handlers.on_error)
+    return application
+
+
+async def _post_init(application: Application) -> None:  # type: ignore[type-arg]
+    aria: Aria = application.bot_data["aria"]
+    interrupted = aria.ledger.mark_interrupted()
+    if interrupted:
+        log.warning("%d run(s) from a previous process were marked interrupted", interrupted)
+    await application.bot.set_my_commands([BotCommand(name, about) for name, about in COMMANDS])
+
+
+async def _post_stop(application: Application) -> None:  # type: ignore[type-arg]
+    # Handlers have finished by now; anything still marked running did not, and says so.
+    aria: Aria = application.bot_data["aria"]
+    aria.ledger.mark_interrupted()
+
+
+async def _post_shutdown(application: Application) -> None:  # type: ignore[type-arg]
+    aria: Aria = application.bot_data["aria"]
+    await aria.aclose()

@@ -1,0 +1,75 @@
+"""Live status while a run works: the typing indicator, and one progress message edited per step."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+
+from telegram import Bot, Message
+from telegram.constants import ChatAction
+from telegram.error import TelegramError
+
+from aria.agent.outcome import Outcome
+from aria.telegram.send import keyboard, send_text, split_text
+
+TYPING_EVERY = 4.5  # Telegram shows "typing…" for about five seconds per chat action
+
+
+class Typing:
+    """Keeps "typing…" visible until the block ends."""
+
+    def __init__(self, bot: Bot, chat_id: int) -> None:
+        self.bot, self.chat_id = bot, chat_id
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Typing:
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TelegramError):  # a lost indicator is cosmetic; the answer still goes out
+                await self.bot.send_chat_action(self.chat_id, ChatAction.TYPING)
+            await asyncio.sleep(TYPING_EVERY)
+
+
+class ProgressMessage:
+    """One message that shows the current step, replaced by the final answer."""
+
+    def __init__(self, bot: Bot, chat_id: int) -> None:
+        self.bot, self.chat_id = bot, chat_id
+        self.message: Message | None = None
+
+    async def note(self, text: str) -> None:
+        """Show what the run is doing now."""
+        try:
+            if self.message is None:
+                self.message = await self.bot.send_message(self.chat_id, f"⏳ {text}")
+            else:
+                await self.bot.edit_message_text(f"⏳ {text}", chat_id=self.chat_id,
+                                                 message_id=self.message.message_id)
+        except TelegramError:
+            pass  # progress is best effort; the final answer is not
+
+    async def finish(self, outcome: Outcome) -> None:
+        """Replace the progress message with the answer (or send the answer when it is long)."""
+        chunks = split_text(outcome.text)
+        if self.message is not None and len(chunks) == 1:
+            try:
+                await self.bot.edit_message_text(chunks[0], chat_id=self.chat_id,
+                                                 message_id=self.message.message_id,
+                                                 reply_markup=keyboard(outcome.actions))
+                return
+            except TelegramError:
+                pass
+        if self.message is not None:
+            with contextlib.suppress(TelegramError):
+                await self.bot.delete_message(self.chat_id, self.message.message_id)
+        await send_text(self.bot, self.chat_id, outcome.text, actions=outcome.actions)

@@ -1,0 +1,83 @@
+"""Channel-neutral texts for the owner's commands (/help, /skills, /status), shared by Telegram and the terminal."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func
+from sqlmodel import select
+
+from aria.ledger import MICROS, Approval, Failure, Run
+
+if TYPE_CHECKING:
+    from aria.app import Aria
+
+COMMANDS: list[tuple[str, str]] = [
+    ("help", "what Aria can do"),
+    ("status", "health, spend today, circuits"),
+    ("skills", "installed skills and tools"),
+]
+
+
+def help_text(model_configured: bool) -> str:
+    """The list of commands, and how to talk to Aria."""
+    lines = ["Aria, your ops agent. Write a question or a task in plain words, or use:"]
+    lines += [f"/{name} - {about}" for name, about in COMMANDS]
+    if not model_configured:
+        lines.append("No model endpoint is configured yet: set OPENAI_API_KEY or OPENAI_BASE_URL.")
+    return "\n".join(lines)
+
+
+def skills_text(aria: Aria) -> str:
+    """Skills, their tools, risk and autonomy; broken skills loudly."""
+    lines: list[str] = []
+    for skill in aria.skills.skills:
+        lines.append(f"{skill.name}: {skill.description}")
+        lines += [f"  • {t.name} ({t.risk}, {t.autonomy})" for t in skill.tools]
+    for broken in aria.skills.broken:
+        lines.append(f"⚠ {broken.name} failed to load: {broken.error}")
+    return "\n".join(lines) or "No skills installed."
+
+
+def status_text(aria: Aria) -> str:
+    """Uptime, version, endpoint and circuits, today's spend against the cap, runs and failures today."""
+    now = aria.ledger.now()
+    local_midnight = dt.datetime.combine(now.astimezone(aria.settings.tz).date(), dt.time(0),
+                                         tzinfo=aria.settings.tz).astimezone(dt.UTC)
+    with aria.ledger.read() as s:
+        runs = dict(s.exec(select(Run.status, func.count()).where(Run.started_at >= local_midnight)
+                           .group_by(Run.status)).all())
+        failures = s.exec(select(func.count()).select_from(Failure).where(Failure.created_at >= local_midnight)).one()
+        pending = s.exec(select(func.count()).select_from(Approval).where(Approval.status == "pending")).one()
+    spent = aria.budget.day_spent()
+    uptime = now - aria.started_at
+    endpoint = aria.settings.openai_base_url or ("api.openai.com" if aria.caller else "not configured")
+    lines = [
+        f"Aria {aria.version}, up {_duration(uptime)}",
+        f"Model endpoint: {endpoint} (cheap {aria.settings.model_cheap}, strong {aria.settings.model_strong})",
+        f"Spend today: ${spent / MICROS:.4f} of ${aria.settings.day_max_usd:.2f} ({_share(spent, aria.budget.day_cap)})",
+        "Runs today: " + (", ".join(f"{k} {v}" for k, v in sorted(runs.items())) or "none"),
+        f"Failures today: {failures}",
+        f"Pending approvals: {pending}",
+    ]
+    models = [aria.settings.model_cheap, aria.settings.model_strong, *aria.settings.model_fallbacks]
+    for model in dict.fromkeys(models):
+        if not aria.prices.is_known(model):
+            lines.append(f"⚠ No price known for {model}: calls to it are refused (set ARIA_PRICES_FILE).")
+    circuits = [b for b in aria.board.snapshot() if b.state != "closed"]
+    lines.append("Circuits: " + (", ".join(f"{b.key} {b.state}" for b in circuits) or "all closed"))
+    if aria.skills.broken:
+        lines.append("Broken skills: " + ", ".join(b.name for b in aria.skills.broken))
+    return "\n".join(lines)
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "n/a"
+
+
+def _duration(delta: dt.timedelta) -> str:
+    minutes = int(delta.total_seconds() // 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h {minutes}m" if days else f"{hours}h {minutes}m"
