@@ -24,7 +24,8 @@ class Settings(BaseSettings):
     """Everything Aria can be configured with; `.env.example` documents each field."""
 
     model_config = SettingsConfigDict(
-        env_prefix="ARIA_", env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_prefix="ARIA_", env_file=".env", env_file_encoding="utf-8", env_ignore_empty=True, extra="ignore",
+        populate_by_name=True,
     )
 
     # Telegram

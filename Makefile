@@ -1,0 +1,34 @@
+# Two commands matter: `make run` (the bot, or the terminal channel until Telegram is set up) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run chat doctor test lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/aria run --chat-if-unconfigured
+
+chat: $(STAMP)
+	$(BIN)/aria chat
+
+doctor: $(STAMP)
+	$(BIN)/aria doctor
+
+lint: $(STAMP)
+	$(BIN)/ruff check aria skills tests bench
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info

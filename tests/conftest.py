@@ -1,0 +1,72 @@
+"""Shared fixtures: a clean environment, settings in a temporary folder, Aria wired to the fake servers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from aria.app import Aria
+from aria.config import Settings
+
+pytest_plugins = ["tests.conftest_fakes"]
+
+OWNER = 1001
+STRANGER = 666
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No setting leaks in from the machine or a .env in the working directory."""
+    for name in list(os.environ):
+        if name.startswith(("ARIA_", "OPENAI_", "TELEGRAM_")):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+class SleepRecorder:
+    """Stands in for asyncio.sleep in retry loops: records the waits, returns at once."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> SleepRecorder:
+    return SleepRecorder()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Settings pointing at a temporary data folder; keyword arguments override fields."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {"data_dir": tmp_path / "data", "owner_ids": [OWNER]}
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+@pytest.fixture
+async def make_aria(make_settings: Callable[..., Settings], fake_openai: Any,
+                    sleeps: SleepRecorder) -> AsyncIterator[Callable[..., Aria]]:
+    """Builds Aria against the fake model server; closed at teardown."""
+    built: list[Aria] = []
+
+    def make(**overrides: Any) -> Aria:
+        values = {"openai_base_url": fake_openai.base_url, "openai_api_key": "sk-test-key-0000000000000000"}
+        values.update(overrides)
+        aria = Aria.build(make_settings(**values), sleep=sleeps)
+        built.append(aria)
+        return aria
+
+    yield make
+    for aria in built:
+        await aria.aclose()

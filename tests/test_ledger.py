@@ -1,0 +1,81 @@
+"""The ledger: WAL mode, named migrations that upgrade an older database without loss, models matching the schema."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect
+
+from aria.ledger import Ledger, Run, Step
+from aria.ledger.db import create_ledger_engine
+from aria.ledger.migrations import MIGRATIONS
+from aria.ledger.models import SQLModel
+from aria.ledger.redact import Redactor
+
+
+def test_database_is_in_wal_mode_and_records_its_migrations(tmp_path: Path) -> None:
+    Ledger.open(tmp_path / "aria.db")
+    conn = sqlite3.connect(tmp_path / "aria.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    names = [row[0] for row in conn.execute("SELECT name FROM migration ORDER BY rowid")]
+    assert names == [m.__name__ for m in MIGRATIONS]
+
+
+def test_older_database_upgrades_in_place_without_losing_rows(tmp_path: Path) -> None:
+    path = tmp_path / "aria.db"
+    create_ledger_engine(path, upto="m001_initial").dispose()
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "INSERT INTO run (id, \"trigger\", channel, request, status, cap_tokens, cap_micros, cap_steps, cap_seconds, "
+        "prompt_tokens, completion_tokens, cost_micros, steps, started_at) "
+        "VALUES (7, 'message', 'telegram', 'old question', 'ok', 1, 1, 1, 1.0, 10, 5, 42, 1, '2025-01-01 10:00:00')"
+    )
+    conn.commit()
+    tables_before = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    conn.close()
+    assert "reminder" not in tables_before and "breaker" not in tables_before
+
+    ledger = Ledger.open(path)
+    run = ledger.run(7)
+    assert run is not None and run.request == "old question" and run.cost_micros == 42
+    tables_after = set(inspect(ledger.engine).get_table_names())
+    assert {"reminder", "breaker", "keyvalue"} <= tables_after
+    ledger.set_flag("paused", "no")  # a table added by a later migration works
+    assert ledger.get_flag("paused") == "no"
+    # Opening again applies nothing twice.
+    Ledger.open(path)
+    applied = sqlite3.connect(path).execute("SELECT count(*) FROM migration").fetchone()[0]
+    assert applied == len(MIGRATIONS)
+
+
+def test_models_match_the_migrated_schema(tmp_path: Path) -> None:
+    engine = create_ledger_engine(tmp_path / "aria.db")
+    inspector = inspect(engine)
+    for table in SQLModel.metadata.sorted_tables:
+        columns = {c["name"] for c in inspector.get_columns(table.name)}
+        assert columns == {c.name for c in table.columns}, table.name
+    fresh = create_engine(f"sqlite:///{tmp_path / 'fresh.db'}")
+    SQLModel.metadata.create_all(fresh)  # the models alone describe the same tables
+    assert set(inspect(fresh).get_table_names()) <= set(inspector.get_table_names())
+
+
+def test_step_text_is_redacted_and_trimmed(tmp_path: Path) -> None:
+    ledger = Ledger(create_ledger_engine(tmp_path / "aria.db"), redactor=Redactor(["hunter2-secret"]))
+    run_id = ledger.start_run(Run(trigger="message", channel="terminal", request="pw hunter2-secret",
+                                  started_at=ledger.now()))
+    ledger.add_step(Step(run_id=run_id, kind="tool", name="x", status="ok", started_at=ledger.now(),
+                         args='{"token": "123456789:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}', result="y" * 5000))
+    run = ledger.run(run_id)
+    (step,) = ledger.steps(run_id)
+    assert run is not None and "hunter2" not in run.request
+    assert "AAAAAAAA" not in (step.args or "") and len(step.result or "") <= 500
+    assert run.steps == 1
+
+
+def test_interrupted_runs_are_marked_at_start_up(tmp_path: Path) -> None:
+    ledger = Ledger.open(tmp_path / "aria.db")
+    run_id = ledger.start_run(Run(trigger="message", channel="telegram", started_at=ledger.now()))
+    assert Ledger.open(tmp_path / "aria.db").mark_interrupted() == 1
+    run = ledger.run(run_id)
+    assert run is not None and run.status == "interrupted"
