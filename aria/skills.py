@@ -196,8 +196,10 @@ class SkillSet:
 
 def builtin_skills_dir() -> Path:
     """The folder of built-in skills, wherever Aria is installed or started from."""
-    import aria_skills
-
+    try:
+        import aria_skills  # installed: the top-level skills/ folder ships as this package
+    except ModuleNotFoundError:  # running from a source checkout without an install
+        return Path(__file__).resolve().parents[1] / "skills"
     return Path(next(iter(aria_skills.__path__)))
 
 
