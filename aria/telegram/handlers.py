@@ -30,6 +30,9 @@ async def owner_guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     aria.ledger.record_event("telegram", status="refused", verified=False, delivery_id=f"update:{update.update_id}",
                              reason=f"{kind} from a non-owner", user_id=user.id if user else None)
     log.info("refused update %s from user %s", update.update_id, user.id if user else "unknown")
+    if update.callback_query is not None:
+        # A press always gets an answer (else the button spins); the refusal says nothing more.
+        await update.callback_query.answer("Not allowed.")
     raise ApplicationHandlerStop
 
 
@@ -76,7 +79,7 @@ async def retry_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     run = aria.ledger.run(int(raw_id)) if raw_id.isdigit() else None
     chat = update.effective_chat
     if run is None or chat is None or run.chat_id != chat.id or kind not in ("strong", "budget"):
-        await query.answer("That button no longer refers to anything I can retry.")
+        await query.answer("That button does not refer to anything I can retry.")
         return
     if not aria.ledger.claim_flag(f"retry:{run.id}:{kind}", str(update.update_id)):
         await query.answer("Already retried.")
