@@ -60,3 +60,10 @@ def test_empty_values_in_env_file_count_as_unset(tmp_path: Path) -> None:
     settings = Settings(_env_file=tmp_path / ".env")  # type: ignore[call-arg]
     assert settings.openai_api_key is None and not settings.model_configured
     assert settings.owner_ids == [1, 2]
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    from aria.config import env_name
+
+    assert [env_name(f) for f in Settings.model_fields if f"`{env_name(f)}`" not in readme] == []
