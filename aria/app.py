@@ -64,7 +64,7 @@ class Aria:
                         provider=_provider_name(settings))
         board = BreakerBoard(ledger, failure_threshold=settings.breaker_failures,
                              cooldown=settings.breaker_cooldown_seconds)
-        connectors = Connectors(ledger, board)
+        connectors = Connectors(ledger, board, tz=settings.tz, sleep=sleep, user_agent=f"Aria/{__version__}")
         router = Router(settings.model_cheap, settings.model_strong, tuple(settings.model_fallbacks),
                         settings.cheap_only_share)
         client, caller = _model_caller(settings, ledger, budget, board, sleep)

@@ -56,7 +56,8 @@ def status_text(aria: Aria) -> str:
     lines = [
         f"Aria {aria.version}, up {_duration(uptime)}",
         f"Model endpoint: {endpoint} (cheap {aria.settings.model_cheap}, strong {aria.settings.model_strong})",
-        f"Spend today: ${spent / MICROS:.4f} of ${aria.settings.day_max_usd:.2f} ({_share(spent, aria.budget.day_cap)})",
+        f"Spend today: ${spent / MICROS:.4f} of ${aria.settings.day_max_usd:.2f} "
+        f"({_share(spent, aria.budget.day_cap)})",
         "Runs today: " + (", ".join(f"{k} {v}" for k, v in sorted(runs.items())) or "none"),
         f"Failures today: {failures}",
         f"Pending approvals: {pending}",
@@ -65,8 +66,12 @@ def status_text(aria: Aria) -> str:
     for model in dict.fromkeys(models):
         if not aria.prices.is_known(model):
             lines.append(f"⚠ No price known for {model}: calls to it are refused (set ARIA_PRICES_FILE).")
-    circuits = [b for b in aria.board.snapshot() if b.state != "closed"]
-    lines.append("Circuits: " + (", ".join(f"{b.key} {b.state}" for b in circuits) or "all closed"))
+    circuits = [(key, aria.board.get(key).state) for key in (b.key for b in aria.board.snapshot())]
+    open_circuits = [f"{key} {state}" for key, state in circuits if state != "closed"]
+    lines.append("Circuits: " + (", ".join(open_circuits) or "all closed"))
+    calls = aria.connectors.calls_today()
+    if calls:
+        lines.append("Outbound calls today: " + ", ".join(f"{name} {n}" for name, n in sorted(calls.items())))
     if aria.skills.broken:
         lines.append("Broken skills: " + ", ".join(b.name for b in aria.skills.broken))
     return "\n".join(lines)
