@@ -88,7 +88,8 @@ def report(figures: dict[str, float]) -> str:
     """A markdown table of the figures."""
     rows = [
         ("turns measured", f"{figures['turns']:.0f}"),
-        ("floor: bare client call, median / p99", f"{figures['floor_median_ms']:.2f} / {figures['floor_p99_ms']:.2f} ms"),
+        ("floor: bare client call, median / p99",
+         f"{figures['floor_median_ms']:.2f} / {figures['floor_p99_ms']:.2f} ms"),
         ("Aria turn, median / p99", f"{figures['aria_median_ms']:.2f} / {figures['aria_p99_ms']:.2f} ms"),
         ("overhead per turn, median", f"{figures['overhead_median_ms']:.2f} ms ({figures['ratio']:.2f}x the floor)"),
         ("prompt tokens for 'hello' (typical / upper bound)",

@@ -146,16 +146,49 @@ async def test_circuit_opens_skips_the_model_then_closes_after_a_probe(make_aria
     assert aria.board.get(aria.caller.breaker_key("gpt-4o-mini")).state == "closed"  # type: ignore[union-attr]
 
 
-async def test_malformed_arguments_get_one_correction_then_hand_off(make_aria: MakeAria, fake_openai: Any,
-                                                                    probe_skills: Path) -> None:
-    fake_openai.enqueue_tool_call("probe", '{"n": ')
-    fake_openai.enqueue_tool_call("probe", {"n": "not a number"})
+async def test_malformed_arguments_get_one_correction_then_escalate_then_hand_off(
+        make_aria: MakeAria, fake_openai: Any, probe_skills: Path) -> None:
+    fake_openai.enqueue_tool_call("probe", '{"n": ', model="gpt-4o-mini")
+    fake_openai.enqueue_tool_call("probe", {"n": "not a number"}, model="gpt-4o-mini")
+    fake_openai.enqueue_tool_call("probe", {"m": 1}, model="gpt-4o")
+    fake_openai.enqueue_tool_call("probe", {}, model="gpt-4o")
     aria = make_aria(skills_dir=probe_skills)
     outcome = await aria.agent.run(Request("probe it"))
     assert outcome.stop_reason == "invalid_arguments" and outcome.status == "handoff"
     correction = fake_openai.completions[1].body["messages"][-1]
     assert correction["role"] == "tool" and "not valid JSON" in correction["content"]
-    assert [f.handling for f in _rows(aria, Failure, Failure.run_id == outcome.run_id)] == ["corrected"] * 2
+    assert [r.model for r in fake_openai.completions] == ["gpt-4o-mini"] * 2 + ["gpt-4o"] * 2
+    assert [f.handling for f in _rows(aria, Failure, Failure.run_id == outcome.run_id)] == ["corrected"] * 4
+    guards = [s for s in aria.ledger.steps(outcome.run_id) if s.kind == "guard"]
+    assert [g.name for g in guards] == ["escalate"]
+
+
+async def test_cheap_model_handoff_escalates_to_the_strong_model(make_aria: MakeAria, fake_openai: Any) -> None:
+    fake_openai.enqueue_tool_call("handoff", {"reason": "too hard for me"}, model="gpt-4o-mini")
+    fake_openai.enqueue_text("The strong answer.", model="gpt-4o")
+    aria = make_aria()
+    outcome = await aria.agent.run(Request("what is the capital of France?"))
+    assert (outcome.status, outcome.text, outcome.model) == ("ok", "The strong answer.", "gpt-4o")
+
+
+def test_routing_rule_sends_reasoning_work_to_the_strong_model(make_aria: MakeAria) -> None:
+    router = make_aria().router
+    assert router.route("hello") == "cheap"
+    assert router.route("debug why nginx returns 502") == "strong"
+    assert router.route("x" * 700) == "strong"
+    assert router.chain("cheap", day_share_used=0.9) == ["gpt-4o-mini"]
+
+
+async def test_past_the_cheap_only_share_the_owner_is_told_once(make_aria: MakeAria, fake_openai: Any) -> None:
+    aria = make_aria(day_max_usd=0.001, cheap_only_share=0.01)
+    fake_openai.enqueue_text("first", usage={"prompt_tokens": 100, "completion_tokens": 100})
+    await aria.agent.run(Request("hello"))
+    fake_openai.enqueue_text("second")
+    fake_openai.enqueue_text("third")
+    second = await aria.agent.run(Request("debug this please"))
+    third = await aria.agent.run(Request("and this"))
+    assert second.model == "gpt-4o-mini" and "only gpt-4o-mini answers until tomorrow" in second.text
+    assert third.text == "third"
 
 
 async def test_unknown_tool_is_reported_to_the_model_and_recorded(make_aria: MakeAria, fake_openai: Any) -> None:
@@ -226,7 +259,7 @@ async def test_unreachable_service_gives_a_degraded_answer(make_aria: MakeAria, 
 async def test_model_handoff_tool_gives_an_explicit_i_dont_know(make_aria: MakeAria, fake_openai: Any) -> None:
     fake_openai.enqueue_tool_call("handoff", {"reason": "I have no access to your calendar",
                                               "tried": ["looked for a calendar tool"], "known": "Today is Monday."})
-    aria = make_aria()
+    aria = make_aria(model_strong="gpt-4o-mini")  # one tier: nothing to escalate to
     outcome = await aria.agent.run(Request("what is on my calendar?"))
     assert outcome.status == "handoff"
     assert outcome.text.startswith("I don't know: I have no access to your calendar.")

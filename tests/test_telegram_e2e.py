@@ -108,6 +108,7 @@ async def test_retry_button_reruns_the_request_on_the_strong_model(bot: Any, fak
                                                                    fake_openai: Any) -> None:
     aria, _ = bot
     fake_openai.enqueue_tool_call("handoff", {"reason": "not sure"}, model="gpt-4o-mini")
+    fake_openai.enqueue_tool_call("handoff", {"reason": "still not sure"}, model="gpt-4o")
     fake_openai.enqueue_text("Strong answer.", model="gpt-4o")
     fake_telegram.add_message("tricky one", user_id=OWNER)
     (handoff,) = await fake_telegram.wait_for("sendMessage", predicate=lambda c: "I don't know" in c.params["text"])

@@ -22,7 +22,7 @@ from aria.agent.prompts import WRAP_UP, system_prompt
 from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRunner, canonical
 from aria.config import Settings
 from aria.errors import BudgetExhausted, PriceUnknown
-from aria.ledger import MICROS, Ledger, Run
+from aria.ledger import MICROS, Ledger, Run, Step
 from aria.llm.budget import Budget, Caps, caps_from_settings
 from aria.llm.client import AllModelsFailed, CallScope, ChatResult, ModelCaller, ToolCallRequest
 from aria.llm.router import Router
@@ -56,8 +56,12 @@ class _RunState:
     tried: list[Attempt] = field(default_factory=list)
     seen: set[str] = field(default_factory=set)
     degraded: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    route: str = "cheap"
+    escalated: bool = False
     corrections: int = 0
     model: str | None = None
+    note: str = ""  # told to the owner once, appended to the answer
 
 
 class Agent:
@@ -111,16 +115,15 @@ class Agent:
             return self._handoff(scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
                                  "no_model", actions=False)
         state = self._start(request, scope)
-        models = self._models(request)
         for _ in range(scope.caps.steps):
             if time.monotonic() >= scope.deadline:
-                return await self._wrap_up(state, models, "the time limit for this request ran out", "seconds")
+                return await self._wrap_up(state, "the time limit for this request ran out", "seconds")
             try:
-                result = await self.caller.chat(scope, state.messages, self._schemas(state), models,
+                result = await self.caller.chat(scope, state.messages, self._schemas(state), state.models,
                                                 want_tokens=self.settings.max_output_tokens,
                                                 min_tokens=self.settings.min_output_tokens)
             except BudgetExhausted as exc:
-                return await self._wrap_up(state, models, f"the budget ran out ({exc.detail})", "budget")
+                return await self._wrap_up(state, f"the budget ran out ({exc.detail})", "budget")
             except PriceUnknown as exc:
                 return self._handoff(scope, state.tried, str(exc), "models_failed", actions=False)
             except AllModelsFailed as exc:
@@ -132,7 +135,7 @@ class Agent:
             stop = await self._run_tools(state, result, progress)
             if stop is not None:
                 return stop
-        return await self._wrap_up(state, models, f"it took more than {scope.caps.steps} steps", "steps")
+        return await self._wrap_up(state, f"it took more than {scope.caps.steps} steps", "steps")
 
     def _start(self, request: Request, scope: CallScope) -> _RunState:
         now = self.ledger.clock.now().astimezone(self.settings.tz)
@@ -140,11 +143,28 @@ class Agent:
         messages += self.history.messages(request.chat_id, exclude_run=scope.run_id)
         messages.append({"role": "user", "content": request.text})
         tools = {spec.name: spec for spec in self.skills.select(request.text)}
-        return _RunState(scope=scope, request=request, messages=messages, tools=tools)
-
-    def _models(self, request: Request) -> list[str]:
+        state = _RunState(scope=scope, request=request, messages=messages, tools=tools)
+        state.route = self.router.route(request.text, escalate=request.escalate)
         share = self.budget.day_spent() / self.budget.day_cap if self.budget.day_cap else 1.0
-        return self.router.chain(self.router.route(request.text, escalate=request.escalate), day_share_used=share)
+        state.models = self.router.chain(state.route, day_share_used=share)  # type: ignore[arg-type]
+        if share >= self.router.cheap_only_share:
+            state.escalated = True  # no escalation past the share: the strong model is off for today
+            if self.ledger.claim_flag(f"cheap-only:{self.budget.today()}", str(scope.run_id)):
+                state.note = (f"Note: {share:.0%} of today's budget is used, so only {self.router.cheap} answers "
+                              "until tomorrow.")
+        return state
+
+    def _escalate(self, state: _RunState, why: str) -> bool:
+        """Move a run from the cheap model to the strong one, once, when the cheap one gave up or misbehaved."""
+        if state.escalated or state.route == "strong" or self.router.strong == self.router.cheap:
+            return False
+        state.escalated, state.route = True, "strong"
+        state.models = self.router.chain("strong")
+        state.corrections = 0
+        self.ledger.add_step(Step(run_id=state.scope.run_id, seq=next(state.scope.seq), kind="guard",
+                                  name="escalate", status="ok", started_at=self.ledger.now(),
+                                  result=f"to {self.router.strong}: {why}"))
+        return True
 
     def _schemas(self, state: _RunState) -> list[dict[str, Any]]:
         return [HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, *(spec.schema() for spec in state.tools.values())]
@@ -153,6 +173,9 @@ class Agent:
         state.messages.append(_assistant_message(result))
         for call in result.tool_calls:
             if call.name == "handoff":
+                if self._escalate(state, "the cheap model handed off"):
+                    state.messages.append(_tool_message(call, "Escalated to a stronger model: try again."))
+                    return None
                 return self._model_handoff(state, call)
             key = canonical(call)
             if key in state.seen:
@@ -174,7 +197,7 @@ class Agent:
                 state.degraded.append(ran.service)
             if ran.status in ("invalid", "unknown"):
                 state.corrections += 1
-                if state.corrections > 1:
+                if state.corrections > 1 and not self._escalate(state, "invalid tool arguments"):
                     return self._handoff(state.scope, state.tried, "the model kept sending invalid tool arguments "
                                          "after one correction", "invalid_arguments")
             state.messages.append(_tool_message(call, ran.content))
@@ -189,6 +212,8 @@ class Agent:
             services = ", ".join(sorted(set(state.degraded)))
             text = f"I couldn't reach {services}; here is what I know anyway:\n\n{text}"
             status = "degraded"
+        if state.note:
+            text = f"{text}\n\n{state.note}"
         return Outcome(state.scope.run_id, status, text, "answer", model=result.model)
 
     def _model_handoff(self, state: _RunState, call: ToolCallRequest) -> Outcome:
@@ -200,12 +225,12 @@ class Agent:
         return self._handoff(state.scope, tried, args.reason.rstrip("."), "handoff", known=args.known,
                              model=state.model)
 
-    async def _wrap_up(self, state: _RunState, models: list[str], reason: str, stop: StopReason) -> Outcome:
+    async def _wrap_up(self, state: _RunState, reason: str, stop: StopReason) -> Outcome:
         """One tool-less call to summarise what was found, if its reservation fits; else a templated handoff."""
         assert self.caller is not None
         messages = [*state.messages, {"role": "user", "content": WRAP_UP}]
         try:
-            result = await self.caller.chat(state.scope, messages, [], models[:1],
+            result = await self.caller.chat(state.scope, messages, [], state.models[:1],
                                             want_tokens=min(400, self.settings.max_output_tokens),
                                             min_tokens=self.settings.min_output_tokens)
         except (BudgetExhausted, AllModelsFailed, PriceUnknown):
