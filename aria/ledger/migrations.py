@@ -200,7 +200,23 @@ def m003_reminders(conn: Connection) -> None:
     """)
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders]
+def m004_delivery_and_events(conn: Connection) -> None:
+    """Outbox messages know their purpose, markup mode and delivered message; events keep their payload and time."""
+    _run(conn, """
+    ALTER TABLE outbox ADD COLUMN purpose VARCHAR NOT NULL DEFAULT 'message';
+    ALTER TABLE outbox ADD COLUMN parse_mode VARCHAR;
+    ALTER TABLE outbox ADD COLUMN run_id INTEGER;
+    ALTER TABLE outbox ADD COLUMN message_id INTEGER;
+    ALTER TABLE event ADD COLUMN payload VARCHAR;
+    ALTER TABLE event ADD COLUMN event_at DATETIME;
+    ALTER TABLE event ADD COLUMN processed_at DATETIME;
+    ALTER TABLE approval ADD COLUMN skill VARCHAR;
+    CREATE INDEX ix_outbox_pending ON outbox (delivered_at, next_attempt_at);
+    CREATE INDEX ix_failure_component ON failure (created_at, component)
+    """)
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events]
 
 
 def applied(conn: Connection) -> set[str]:

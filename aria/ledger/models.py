@@ -130,6 +130,7 @@ class Approval(SQLModel, table=True):
     decided_at: dt.datetime | None = None
     executed_at: dt.datetime | None = None
     result: str | None = None
+    skill: str | None = None
 
 
 class Outbox(SQLModel, table=True):
@@ -147,6 +148,10 @@ class Outbox(SQLModel, table=True):
     next_attempt_at: dt.datetime | None = None
     last_error: str | None = None
     delivered_at: dt.datetime | None = Field(default=None, index=True)
+    purpose: str = "message"  # message, answer, digest, alert, reminder, approval, event
+    parse_mode: str | None = None
+    run_id: int | None = None
+    message_id: int | None = None  # the Telegram message it became
 
 
 class Event(SQLModel, table=True):
@@ -162,6 +167,9 @@ class Event(SQLModel, table=True):
     body_sha256: str | None = None
     run_id: int | None = None
     received_at: dt.datetime = Field(index=True)
+    payload: str | None = None  # the verified body, kept to build the run and to order by event time
+    event_at: dt.datetime | None = None  # the source's own timestamp, when it has one
+    processed_at: dt.datetime | None = None
 
 
 class Breaker(SQLModel, table=True):

@@ -1,0 +1,288 @@
+"""Read-only report queries over the ledger: spend, failures, runs and run traces.
+
+Used by the `ledger` skill and the daily digest. Aggregation happens in SQL on indexed columns (spend.day,
+spend.run_id, run.started_at, failure.created_at, step.run_id), so a report over a year of heavy use reads
+only the rows it sums. Results are small frozen dataclasses; money is integer micro-dollars until `format_usd`.
+
+Which spend rows count: a `settled` row counts its reported cost, a `reserved` row (a call in flight, or one whose
+process died before settling) its reservation, a `released` row nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import ColumnElement, Select, case, func
+from sqlmodel import col, select
+
+from aria.ledger.models import MICROS, Failure, Run, Spend, Step
+from aria.ledger.recorder import Ledger
+
+SpendGrouping = Literal["model", "skill", "day"]
+CHAT = "chat"  # the skill key of spend in runs that called no tool
+
+# What one spend row costs for reporting, and which rows count at all.
+_COUNTED = col(Spend.status).in_(("settled", "reserved"))
+_COST = case((col(Spend.status) == "reserved", col(Spend.reserved_micros)), else_=col(Spend.cost_micros))
+
+
+@dataclass(frozen=True, slots=True)
+class DaySpend:
+    """Spend on one of the owner's local days."""
+
+    day: dt.date
+    cost_micros: int
+    calls: int
+
+
+@dataclass(frozen=True, slots=True)
+class SpendLine:
+    """Spend under one key (a model, a skill or an ISO day)."""
+
+    key: str
+    cost_micros: int
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class FailureLine:
+    """One recorded failure and how it was handled."""
+
+    id: int
+    run_id: int | None
+    component: str
+    error_type: str
+    message: str
+    handling: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RunLine:
+    """A run's outcome, without its steps."""
+
+    id: int
+    trigger: str
+    channel: str
+    chat_id: int | None
+    status: str
+    stop_reason: str | None
+    request: str
+    model: str | None
+    started_at: dt.datetime
+    ended_at: dt.datetime | None
+    steps: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int
+    final_text: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepLine:
+    """One step of a run trace."""
+
+    seq: int
+    kind: str
+    name: str
+    skill: str | None
+    status: str
+    attempt: int
+    latency_ms: int
+    error_type: str | None
+    args: str | None
+    result: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunTrace:
+    """Everything a run tried: the run, its steps in order, its failures and what it cost."""
+
+    run: RunLine
+    steps: list[StepLine]
+    failures: list[FailureLine]
+    spend_micros: int
+    spend_calls: int
+
+
+def local_day_bounds(day: dt.date, tz: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
+    """The owner-local day as a half-open UTC range [start, end); DST days are 23 or 25 hours long."""
+    start = dt.datetime.combine(day, dt.time(0), tzinfo=tz)
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(0), tzinfo=tz)
+    return start.astimezone(dt.UTC), end.astimezone(dt.UTC)
+
+
+def format_usd(micros: int) -> str:
+    """Micro-dollars as text: "$0.0123" below a dollar, "$12.35" from a dollar up."""
+    if micros == 0:
+        return "$0.00"
+    sign = "-" if micros < 0 else ""
+    amount = Decimal(abs(micros)) / MICROS
+    if amount < Decimal("0.0001"):
+        return f"{sign}<$0.0001"  # 4 decimals would round a real cost to zero
+    places = Decimal("0.01") if amount >= 1 else Decimal("0.0001")
+    return f"{sign}${amount.quantize(places, rounding=ROUND_HALF_UP):,}"
+
+
+# spend ----------------------------------------------------------------------------------------------------
+
+def _in_days(first: dt.date, last: dt.date) -> ColumnElement[bool]:
+    # ISO dates sort as text, so BETWEEN on spend.day uses its index.
+    return col(Spend.day).between(first.isoformat(), last.isoformat())
+
+
+def spend_by_day(ledger: Ledger, first: dt.date, last: dt.date) -> list[DaySpend]:
+    """Spend per local day from `first` to `last` inclusive; days without spend are present with zeros."""
+    query = (
+        select(col(Spend.day), func.sum(_COST), func.count())
+        .where(_in_days(first, last), _COUNTED)
+        .group_by(col(Spend.day))
+    )
+    with ledger.read() as session:
+        found = {day: (int(cost), int(calls)) for day, cost, calls in session.exec(query)}
+    days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+    return [DaySpend(day, *found.get(day.isoformat(), (0, 0))) for day in days]
+
+
+def spend_summary(ledger: Ledger, first: dt.date, last: dt.date, by: SpendGrouping) -> list[SpendLine]:
+    """Spend from `first` to `last` (local days, inclusive) grouped by model, skill or day.
+
+    Models and skills come most expensive first, days in date order. A run that used several skills has its spend
+    split evenly between them (remainders go to the first skills by name), so the lines always add up to the total.
+    """
+    if by == "skill":
+        query = _by_skill(first, last)
+    else:
+        key = col(Spend.model) if by == "model" else col(Spend.day)
+        totals = _totals(key)
+        order = [key] if by == "day" else [totals[1].desc(), key]
+        query = select(*totals).where(_in_days(first, last), _COUNTED).group_by(key).order_by(*order)
+    with ledger.read() as session:
+        rows = session.exec(query).all()
+    return [SpendLine(str(k), int(c), int(n), int(p or 0), int(o or 0)) for k, c, n, p, o in rows]
+
+
+def _totals(key: Any) -> tuple[Any, ...]:
+    return (key.label("key"), func.sum(_COST).label("cost"), func.count().label("calls"),
+            func.sum(col(Spend.prompt_tokens)).label("prompt"),
+            func.sum(col(Spend.completion_tokens)).label("completion"))
+
+
+def _by_skill(first: dt.date, last: dt.date) -> Select[Any]:
+    per_run = (
+        select(col(Spend.run_id).label("run_id"), *_totals(col(Spend.run_id))[1:])
+        .where(_in_days(first, last), _COUNTED)
+        .group_by(col(Spend.run_id))
+        .cte("run_spend")
+    )
+    skills = (
+        select(col(Step.run_id), col(Step.skill))
+        .where(col(Step.kind) == "tool", col(Step.skill).is_not(None),
+               col(Step.run_id).in_(select(per_run.c.run_id)))
+        .distinct()
+        .subquery()
+    )
+    ranked = select(
+        skills.c.run_id, skills.c.skill,
+        func.row_number().over(partition_by=skills.c.run_id, order_by=skills.c.skill).label("rank"),
+        func.count().over(partition_by=skills.c.run_id).label("n"),
+    ).subquery()
+    rank, n = func.coalesce(ranked.c.rank, 1), func.coalesce(ranked.c.n, 1)
+
+    def share(total: Any) -> Any:
+        # An even integer split; the first `total % n` skills get one unit more, so shares sum to the total.
+        return func.sum(total // n + case((total % n >= rank, 1), else_=0))
+
+    key = func.coalesce(ranked.c.skill, CHAT).label("key")
+    cost = share(per_run.c.cost)
+    return (
+        select(key, cost, share(per_run.c.calls), share(per_run.c.prompt), share(per_run.c.completion))
+        .select_from(per_run.outerjoin(ranked, ranked.c.run_id == per_run.c.run_id))
+        .group_by(key)
+        .order_by(cost.desc(), key)
+    )
+
+
+# failures and runs ----------------------------------------------------------------------------------------
+
+def _failure_line(row: Failure) -> FailureLine:
+    assert row.id is not None
+    return FailureLine(row.id, row.run_id, row.component, row.error_type, row.message, row.handling,
+                       row.created_at)
+
+
+def _run_line(row: Run) -> RunLine:
+    assert row.id is not None
+    return RunLine(
+        id=row.id, trigger=row.trigger, channel=row.channel, chat_id=row.chat_id, status=row.status,
+        stop_reason=row.stop_reason, request=row.request, model=row.model, started_at=row.started_at,
+        ended_at=row.ended_at, steps=row.steps, prompt_tokens=row.prompt_tokens,
+        completion_tokens=row.completion_tokens, cost_micros=row.cost_micros, final_text=row.final_text,
+    )
+
+
+def recent_failures(ledger: Ledger, limit: int = 10, since: dt.datetime | None = None) -> list[FailureLine]:
+    """The latest failures, newest first, optionally only those at or after `since`."""
+    query = select(Failure).order_by(col(Failure.created_at).desc(), col(Failure.id).desc()).limit(limit)
+    if since is not None:
+        query = query.where(col(Failure.created_at) >= since)
+    with ledger.read() as session:
+        return [_failure_line(row) for row in session.exec(query)]
+
+
+def last_runs(ledger: Ledger, limit: int = 5, chat_id: int | None = None, *, finished_only: bool = False,
+              exclude_run_id: int | None = None) -> list[RunLine]:
+    """The latest runs, newest first; optionally of one chat, only finished ones, or all but one run."""
+    query = select(Run).order_by(col(Run.started_at).desc(), col(Run.id).desc()).limit(limit)
+    if chat_id is not None:
+        query = query.where(col(Run.chat_id) == chat_id)
+    if finished_only:
+        query = query.where(col(Run.status) != "running")
+    if exclude_run_id is not None:
+        query = query.where(col(Run.id) != exclude_run_id)
+    with ledger.read() as session:
+        return [_run_line(row) for row in session.exec(query)]
+
+
+def run_trace(ledger: Ledger, run_id: int) -> RunTrace | None:
+    """A run with its steps in order, its failures and its spend, or None if there is no such run."""
+    with ledger.read() as session:
+        run = session.get(Run, run_id)
+        if run is None:
+            return None
+        steps = session.exec(
+            select(Step).where(col(Step.run_id) == run_id).order_by(col(Step.seq), col(Step.id))
+        ).all()
+        failures = session.exec(
+            select(Failure).where(col(Failure.run_id) == run_id).order_by(col(Failure.created_at), col(Failure.id))
+        ).all()
+        cost, calls = session.exec(
+            select(func.coalesce(func.sum(_COST), 0), func.count()).where(col(Spend.run_id) == run_id, _COUNTED)
+        ).one()
+    return RunTrace(
+        run=_run_line(run),
+        steps=[StepLine(s.seq, s.kind, s.name, s.skill, s.status, s.attempt, s.latency_ms, s.error_type,
+                        s.args, s.result) for s in steps],
+        failures=[_failure_line(f) for f in failures],
+        spend_micros=int(cost),
+        spend_calls=int(calls),
+    )
+
+
+def runs_by_outcome(ledger: Ledger, first: dt.date, last: dt.date, tz: ZoneInfo) -> dict[str, int]:
+    """How many runs started on the local days `first`..`last` ended in each status."""
+    start, _ = local_day_bounds(first, tz)
+    _, end = local_day_bounds(last, tz)
+    query = (
+        select(col(Run.status), func.count())
+        .where(col(Run.started_at) >= start, col(Run.started_at) < end)
+        .group_by(col(Run.status))
+    )
+    with ledger.read() as session:
+        return {status: int(count) for status, count in session.exec(query)}
