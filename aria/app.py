@@ -23,6 +23,7 @@ from aria.llm.budget import Budget
 from aria.llm.client import ModelCaller
 from aria.llm.pricing import PriceBook
 from aria.llm.router import Router
+from aria.scheduler import Scheduler
 from aria.skills import SkillSet, ToolContext, builtin_skills_dir, discover
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Aria:
     router: Router
     caller: ModelCaller | None
     agent: Agent
+    scheduler: Scheduler
     started_at: dt.datetime
     version: str = __version__
     on_reminder: ReminderHook | None = None
@@ -78,12 +80,13 @@ class Aria:
         agent = Agent(settings, ledger, skills, budget, caller, router, context_factory=context)
         aria = cls(settings=settings, ledger=ledger, skills=skills, prices=prices, budget=budget, board=board,
                    connectors=connectors, router=router, caller=caller, agent=agent,
-                   started_at=ledger.now(), _openai=client)
+                   scheduler=Scheduler(ledger, settings.tz), started_at=ledger.now(), _openai=client)
         holder["aria"] = aria
         return aria
 
     async def aclose(self) -> None:
-        """Close network clients and the database pool."""
+        """Stop the scheduler, close network clients and the database pool."""
+        self.scheduler.shutdown()
         await self.connectors.aclose()
         if self._openai is not None:
             await self._openai.close()

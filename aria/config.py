@@ -18,6 +18,7 @@ from aria.errors import ConfigError
 
 CommaInts = Annotated[list[int], NoDecode]
 CommaStrs = Annotated[list[str], NoDecode]
+CommaPairs = Annotated[dict[str, SecretStr], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -36,6 +37,13 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = None
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8080, ge=1, le=65535)
+    poll_stall_seconds: float = Field(default=180.0, gt=0)
+
+    # Event ingress (signed webhooks from the owner's systems)
+    event_secrets: CommaPairs = Field(default_factory=dict)
+    event_rules_file: Path | None = None
+    event_max_bytes: int = Field(default=256 * 1024, ge=1024)
+    event_max_age_seconds: float = Field(default=300.0, gt=0)
 
     # Model endpoint
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
@@ -73,6 +81,12 @@ class Settings(BaseSettings):
     shell_enabled: bool = False
     shell_timeout_seconds: float = Field(default=30.0, gt=0)
 
+    # Approvals, policy, alerts
+    approval_ttl_hours: float = Field(default=24.0, gt=0)
+    policy_file: Path | None = None
+    allow_risky_auto: bool = False
+    anomaly_factor: float = Field(default=3.0, gt=1)
+
     log_level: str = "INFO"
 
     @field_validator("owner_ids", mode="before")
@@ -92,6 +106,21 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
+
+    @field_validator("event_secrets", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for item in (part.strip() for part in value.split(",")):
+            source, sep, secret = item.partition("=")
+            if not item:
+                continue
+            if not sep or not source.strip() or not secret.strip():
+                raise ValueError("must be comma-separated source=secret pairs")
+            pairs[source.strip()] = secret.strip()
+        return pairs
 
     @field_validator("timezone")
     @classmethod
@@ -133,7 +162,7 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value, so log filters and error texts can scrub them."""
-        found = [self.telegram_bot_token, self.openai_api_key, self.webhook_secret]
+        found = [self.telegram_bot_token, self.openai_api_key, self.webhook_secret, *self.event_secrets.values()]
         return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
 
 
