@@ -16,7 +16,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Select, case, func
+from sqlalchemy import ColumnElement, Select, and_, case, func
 from sqlmodel import col, select
 
 from aria.ledger.models import MICROS, Failure, Run, Spend, Step
@@ -153,8 +153,8 @@ def spend_by_day(ledger: Ledger, first: dt.date, last: dt.date) -> list[DaySpend
 def spend_summary(ledger: Ledger, first: dt.date, last: dt.date, by: SpendGrouping) -> list[SpendLine]:
     """Spend from `first` to `last` (local days, inclusive) grouped by model, skill or day.
 
-    Models and skills come most expensive first, days in date order. A run that used several skills has its spend
-    split evenly between them (remainders go to the first skills by name), so the lines always add up to the total.
+    Models and skills come most expensive first, days in date order. A run that used several skills has its spend,
+    calls and tokens split evenly between them, in whole units, so the lines always add up to the total.
     """
     if by == "skill":
         query = _by_skill(first, last)
@@ -181,29 +181,31 @@ def _by_skill(first: dt.date, last: dt.date) -> Select[Any]:
         .group_by(col(Spend.run_id))
         .cte("run_spend")
     )
-    skills = (
-        select(col(Step.run_id), col(Step.skill))
-        .where(col(Step.kind) == "tool", col(Step.skill).is_not(None),
-               col(Step.run_id).in_(select(per_run.c.run_id)))
+    # One row per (run, skill), or (run, NULL) for a run without tool steps. Joining step itself (not a derived
+    # table) lets SQLite look steps up through ix_step_run_id instead of scanning a temporary table per run.
+    is_tool = and_(col(Step.run_id) == per_run.c.run_id, col(Step.kind) == "tool", col(Step.skill).is_not(None))
+    pairs = (
+        select(*per_run.c, col(Step.skill).label("skill"))
+        .select_from(per_run.outerjoin(Step, is_tool))
         .distinct()
         .subquery()
     )
     ranked = select(
-        skills.c.run_id, skills.c.skill,
-        func.row_number().over(partition_by=skills.c.run_id, order_by=skills.c.skill).label("rank"),
-        func.count().over(partition_by=skills.c.run_id).label("n"),
+        *pairs.c,
+        func.row_number().over(partition_by=pairs.c.run_id, order_by=pairs.c.skill).label("rank"),
+        func.count().over(partition_by=pairs.c.run_id).label("n"),
     ).subquery()
-    rank, n = func.coalesce(ranked.c.rank, 1), func.coalesce(ranked.c.n, 1)
 
     def share(total: Any) -> Any:
-        # An even integer split; the first `total % n` skills get one unit more, so shares sum to the total.
-        return func.sum(total // n + case((total % n >= rank, 1), else_=0))
+        # An even integer split whose remainder units go to `total % n` of the skills, so the shares sum to the
+        # total; which skills get them rotates with the run id, so no skill is favoured by its name.
+        turn = (ranked.c.rank - 1 + ranked.c.run_id) % ranked.c.n
+        return func.sum(total // ranked.c.n + case((turn < total % ranked.c.n, 1), else_=0))
 
     key = func.coalesce(ranked.c.skill, CHAT).label("key")
-    cost = share(per_run.c.cost)
+    cost = share(ranked.c.cost)
     return (
-        select(key, cost, share(per_run.c.calls), share(per_run.c.prompt), share(per_run.c.completion))
-        .select_from(per_run.outerjoin(ranked, ranked.c.run_id == per_run.c.run_id))
+        select(key, cost, share(ranked.c.calls), share(ranked.c.prompt), share(ranked.c.completion))
         .group_by(key)
         .order_by(cost.desc(), key)
     )
