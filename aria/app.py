@@ -12,7 +12,11 @@ from pathlib import Path
 import openai
 
 from aria import __version__
-from aria.agent.loop import Agent, Request
+from aria.agent.gate import Gate
+from aria.agent.loop import Agent
+from aria.agent.state import Request
+from aria.agent.toolrun import ToolRunner
+from aria.approvals import Approvals
 from aria.breaker import BreakerBoard
 from aria.clock import Clock, SystemClock
 from aria.config import Settings
@@ -23,6 +27,7 @@ from aria.llm.budget import Budget
 from aria.llm.client import ModelCaller
 from aria.llm.pricing import PriceBook
 from aria.llm.router import Router
+from aria.policy import load_policy
 from aria.scheduler import Scheduler
 from aria.skills import SkillSet, ToolContext, builtin_skills_dir, discover
 
@@ -44,6 +49,8 @@ class Aria:
     router: Router
     caller: ModelCaller | None
     agent: Agent
+    gate: Gate
+    approvals: Approvals
     scheduler: Scheduler
     started_at: dt.datetime
     version: str = __version__
@@ -77,9 +84,14 @@ class Aria:
                                chat_id=request.chat_id, connectors=connectors,
                                on_reminder=holder["aria"].on_reminder if holder else None)
 
-        agent = Agent(settings, ledger, skills, budget, caller, router, context_factory=context)
+        policy = load_policy(settings.policy_file)
+        gate = Gate(ledger, policy, allow_risky_auto=settings.allow_risky_auto)
+        approvals = Approvals(ledger, settings.approval_ttl_hours)
+        runner = ToolRunner(skills, ledger, gate)
+        agent = Agent(settings, ledger, skills, budget, caller, router, runner=runner, approvals=approvals,
+                      policy=policy, context_factory=context)
         aria = cls(settings=settings, ledger=ledger, skills=skills, prices=prices, budget=budget, board=board,
-                   connectors=connectors, router=router, caller=caller, agent=agent,
+                   connectors=connectors, router=router, caller=caller, agent=agent, gate=gate, approvals=approvals,
                    scheduler=Scheduler(ledger, settings.tz), started_at=ledger.now(), _openai=client)
         holder["aria"] = aria
         return aria

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
 
     # Skills
     skills_dir: Path | None = None
-    shell_enabled: bool = False
+    shell_enabled: bool = True  # run_command exists, always behind approval unless the policy allowlists it
     shell_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # Approvals, policy, alerts

@@ -70,6 +70,10 @@ class ToolSpec:
     autonomy: Autonomy
     raises: tuple[type[Exception], ...]
     keywords: frozenset[str]
+    # Arguments the policy checks: a shell command, a recipient, text that reaches a third party.
+    command_arg: str | None = None
+    recipient_arg: str | None = None
+    outbound_text_args: tuple[str, ...] = ()
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI function-tool definition, compact: no titles, no empty fields."""
@@ -107,13 +111,20 @@ def tool(
     autonomy: Autonomy | None = None,
     raises: tuple[type[Exception], ...] = (ToolError,),
     keywords: tuple[str, ...] = (),
+    command_arg: str | None = None,
+    recipient_arg: str | None = None,
+    outbound_text_args: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., Awaitable[Any] | Any]], Callable[..., Any]]:
-    """Declare a function as a tool. Risky tools default to `ask` autonomy, safe ones to `auto`."""
+    """Declare a function as a tool. Risky tools default to `ask` autonomy, safe ones to `auto`.
+
+    `command_arg`, `recipient_arg` and `outbound_text_args` name the arguments the policy checks.
+    """
 
     def mark(func: Callable[..., Any]) -> Callable[..., Any]:
         setattr(func, _TOOL_ATTR, {
             "timeout": timeout, "risk": risk, "autonomy": autonomy or ("ask" if risk == "risky" else "auto"),
-            "raises": raises, "keywords": keywords,
+            "raises": raises, "keywords": keywords, "command_arg": command_arg, "recipient_arg": recipient_arg,
+            "outbound_text_args": outbound_text_args,
         })
         return func
 
@@ -144,7 +155,8 @@ def spec_from_function(func: Callable[..., Any], skill: str) -> ToolSpec:
     return ToolSpec(
         name=func.__name__, description=doc, skill=skill, input_model=model, func=func, wants_ctx=wants_ctx,
         timeout=meta["timeout"], risk=meta["risk"], autonomy=meta["autonomy"], raises=meta["raises"],
-        keywords=frozenset(w.lower() for w in words),
+        keywords=frozenset(w.lower() for w in words), command_arg=meta.get("command_arg"),
+        recipient_arg=meta.get("recipient_arg"), outbound_text_args=tuple(meta.get("outbound_text_args", ())),
     )
 
 

@@ -6,7 +6,7 @@ import asyncio
 import sys
 from typing import TextIO
 
-from aria.agent.loop import Request
+from aria.agent.state import Request
 from aria.app import Aria
 from aria.views import help_text, skills_text, status_text
 

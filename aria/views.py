@@ -16,8 +16,12 @@ if TYPE_CHECKING:
 COMMANDS: list[tuple[str, str]] = [
     ("help", "what Aria can do"),
     ("status", "health, spend today, circuits"),
-    ("skills", "installed skills and tools"),
+    ("skills", "skills and tools; /skills <skill> <shadow|ask|auto> sets autonomy"),
+    ("approvals", "actions waiting for your approval"),
+    ("pause", "stop every risky and scheduled action"),
+    ("resume", "let actions run again"),
 ]
+LEVELS = ("shadow", "ask", "auto")
 
 
 def help_text(model_configured: bool) -> str:
@@ -34,10 +38,22 @@ def skills_text(aria: Aria) -> str:
     lines: list[str] = []
     for skill in aria.skills.skills:
         lines.append(f"{skill.name}: {skill.description}")
-        lines += [f"  • {t.name} ({t.risk}, {t.autonomy})" for t in skill.tools]
+        lines += [f"  • {t.name} ({t.risk}, {aria.gate.autonomy(t)})" for t in skill.tools]
     for broken in aria.skills.broken:
         lines.append(f"⚠ {broken.name} failed to load: {broken.error}")
     return "\n".join(lines) or "No skills installed."
+
+
+def set_autonomy(aria: Aria, args: list[str]) -> str:
+    """`/skills <skill> <shadow|ask|auto>`: change a skill's autonomy, refusing `auto` for risky tools."""
+    if len(args) != 2 or args[1] not in LEVELS:
+        return "Usage: /skills <skill> <shadow|ask|auto>"
+    skill = next((s for s in aria.skills.skills if s.name == args[0]), None)
+    if skill is None:
+        return f"No skill named {args[0]!r}. Installed: " + ", ".join(s.name for s in aria.skills.skills)
+    risky = any(t.risk == "risky" for t in skill.tools)
+    refusal = aria.gate.set_autonomy(skill.name, args[1], risky)  # type: ignore[arg-type]
+    return f"Not changed: {refusal}." if refusal else f"{skill.name} is now {args[1]}."
 
 
 def status_text(aria: Aria) -> str:
@@ -61,6 +77,7 @@ def status_text(aria: Aria) -> str:
         "Runs today: " + (", ".join(f"{k} {v}" for k, v in sorted(runs.items())) or "none"),
         f"Failures today: {failures}",
         f"Pending approvals: {pending}",
+        "Paused: yes (/resume to lift)" if aria.scheduler.paused() else "Paused: no",
     ]
     models = [aria.settings.model_cheap, aria.settings.model_strong, *aria.settings.model_fallbacks]
     for model in dict.fromkeys(models):

@@ -116,7 +116,8 @@ async def _supervise(proc: asyncio.subprocess.Process, limit: float, out: _Tail,
     return timed_out
 
 
-@tool(risk="risky", timeout=MAX_TIMEOUT + 10.0, keywords=("run", "command", "shell", "execute"))
+@tool(risk="risky", command_arg="command", timeout=MAX_TIMEOUT + 10.0,
+      keywords=("run", "command", "shell", "execute"))
 async def run_command(
     ctx: ToolContext,
     command: Annotated[str, Field(min_length=1, max_length=4000)],
@@ -126,7 +127,7 @@ async def run_command(
     code and the last 3000 characters of stdout and stderr."""
     settings = ctx.settings
     if not settings.shell_enabled:
-        raise ToolError("run_command is disabled: set ARIA_SHELL_ENABLED=true to allow it")
+        raise ToolError("run_command is switched off on this host (ARIA_SHELL_ENABLED=false)")
     argv = _parse(command)
     limit = min(float(timeout_seconds), settings.shell_timeout_seconds)
     out, err = _Tail(TAIL * 4), _Tail(TAIL * 4)  # 4 bytes per character at most in UTF-8

@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func
 from sqlmodel import select
 
-from aria.agent.loop import Request
+from aria.agent.state import Request
 from aria.app import Aria
 from aria.clock import ManualClock
 from aria.ledger import Failure, Spend
@@ -228,11 +228,11 @@ async def test_repeating_the_same_call_is_a_no_progress_handoff(make_aria: MakeA
     assert len([s for s in aria.ledger.steps(outcome.run_id) if s.kind == "tool"]) == 1
 
 
-async def test_instructions_in_tool_output_stay_data_and_risky_tools_stay_off(make_aria: MakeAria,
+async def test_instructions_in_tool_output_stay_data_and_risky_tools_wait_for_approval(make_aria: MakeAria,
                                                                              fake_openai: Any,
                                                                              probe_skills: Path) -> None:
     fake_openai.enqueue_tool_call("page_probe", {})
-    fake_openai.enqueue_tool_call("run_command", {"command": "rm -rf /tmp/aria-never"})
+    fake_openai.enqueue_tool_call("run_command", {"command": "cat /root/.ssh/id_rsa"})
     fake_openai.enqueue_text("The page contained an instruction, which I ignored.")
     aria = make_aria(skills_dir=probe_skills)
     outcome = await aria.agent.run(Request("probe the page"))
@@ -241,9 +241,11 @@ async def test_instructions_in_tool_output_stay_data_and_risky_tools_stay_off(ma
     assert len(hostile) == 1 and hostile[0]["role"] == "tool"
     assert hostile[0]["content"].startswith('<tool_output tool="page_probe">')
     assert messages[0]["role"] == "system" and "untrusted data" in messages[0]["content"]
-    shell = [s for s in aria.ledger.steps(outcome.run_id) if s.name == "run_command"]
-    assert [s.status for s in shell] == ["error"]
-    assert "ARIA_SHELL_ENABLED" in fake_openai.completions[2].body["messages"][-1]["content"]
+    shell = [(s.kind, s.status) for s in aria.ledger.steps(outcome.run_id) if s.name == "run_command"]
+    assert shell == [("guard", "ok")]  # held at the gate, never executed
+    assert outcome.status == "awaiting_approval" and "cat /root/.ssh/id_rsa" in outcome.text
+    assert [a.label for a in outcome.actions] == ["Approve", "Reject", "Details"]
+    assert len(fake_openai.completions) == 2
 
 
 async def test_unreachable_service_gives_a_degraded_answer(make_aria: MakeAria, fake_openai: Any,

@@ -57,9 +57,8 @@ def test_run_command_is_risky_and_asks_first() -> None:
     assert {"shell", "command", "systemctl", "logs"} <= SKILL.keywords
 
 
-async def test_disabled_by_default_and_the_error_names_the_variable(tmp_path: Path) -> None:
-    ctx = make_ctx(tmp_path)
-    assert ctx.settings.shell_enabled is False
+async def test_can_be_switched_off_and_the_error_names_the_variable(tmp_path: Path) -> None:
+    ctx = make_ctx(tmp_path, shell_enabled=False)
     with pytest.raises(ToolError, match="ARIA_SHELL_ENABLED"):
         await run(ctx, command="echo hi")
 

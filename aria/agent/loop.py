@@ -1,7 +1,8 @@
-"""The budgeted tool loop. Every stop condition is in `_loop`; every stop produces a message.
+"""The budgeted tool loop. Every stop condition is in `_loop` and `_handle_calls`; every stop produces a message.
 
 Stops: a final answer; the model's `handoff`; a cap (budget, steps, seconds) after one tool-less wrap-up call if it
-fits; no progress (the same call repeated); every model failing; invalid tool arguments after one correction.
+fits; no progress (the same call repeated); every model failing; invalid tool arguments after one correction; an
+action that waits for the owner's approval (the run resumes after the press, in this process or the next).
 """
 
 from __future__ import annotations
@@ -11,73 +12,48 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from pydantic import ValidationError
 
+from aria.agent.escalation import Escalation
 from aria.agent.history import History
-from aria.agent.outcome import Action, Attempt, Handoff, Outcome, OutcomeStatus, StopReason, retry_actions
+from aria.agent.outcome import Attempt, Handoff, Outcome, OutcomeStatus, StopReason, retry_actions
 from aria.agent.prompts import WRAP_UP, system_prompt
-from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRunner, canonical
+from aria.agent.state import Request, RunState
+from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical
+from aria.approvals import Approvals
 from aria.config import Settings
 from aria.errors import BudgetExhausted, PriceUnknown
-from aria.ledger import MICROS, Ledger, Run, Step
+from aria.ledger import MICROS, Approval, Ledger, Run, Step
 from aria.llm.budget import Budget, Caps, caps_from_settings
 from aria.llm.client import AllModelsFailed, CallScope, ChatResult, ModelCaller, ToolCallRequest
 from aria.llm.router import Router
-from aria.skills import SkillSet, ToolContext, ToolSpec
+from aria.policy import Policy
+from aria.skills import SkillSet, ToolContext
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], Awaitable[None]]
-
-
-@dataclass(frozen=True)
-class Request:
-    """A trigger for a run: what was asked, from where."""
-
-    text: str
-    trigger: str = "message"
-    channel: str = "terminal"
-    chat_id: int | None = None
-    user_id: int | None = None
-    escalate: bool = False  # start on the strong model
-    budget_factor: float = 1.0  # "allow more budget once"
-
-
-@dataclass
-class _RunState:
-    """What the loop has learnt so far in one run."""
-
-    scope: CallScope
-    request: Request
-    messages: list[dict[str, Any]]
-    tools: dict[str, ToolSpec]
-    tried: list[Attempt] = field(default_factory=list)
-    seen: set[str] = field(default_factory=set)
-    degraded: list[str] = field(default_factory=list)
-    models: list[str] = field(default_factory=list)
-    route: str = "cheap"
-    escalated: bool = False
-    corrections: int = 0
-    model: str | None = None
-    note: str = ""  # told to the owner once, appended to the answer
+__all__ = ["Agent", "Progress", "Request"]
 
 
 class Agent:
     """Runs requests through the tool loop, within budget, recording everything."""
 
     def __init__(self, settings: Settings, ledger: Ledger, skills: SkillSet, budget: Budget,
-                 caller: ModelCaller | None, router: Router, *,
-                 context_factory: Callable[[int, Request], ToolContext]) -> None:
+                 caller: ModelCaller | None, router: Router, *, runner: ToolRunner, approvals: Approvals,
+                 policy: Policy, context_factory: Callable[[int, Request], ToolContext]) -> None:
         self.settings = settings
         self.ledger = ledger
         self.skills = skills
         self.budget = budget
         self.caller = caller
         self.router = router
-        self.tools = ToolRunner(skills, ledger)
+        self.tools = runner
+        self.policy = policy
         self.history = History(ledger, settings.history_tokens)
+        self.escalation = Escalation(ledger, approvals, runner)
         self._context = context_factory
 
     async def run(self, request: Request, progress: Progress | None = None) -> Outcome:
@@ -89,8 +65,35 @@ class Agent:
             cap_seconds=caps.seconds, started_at=self.ledger.now(),
         ))
         scope = CallScope(run_id=run_id, caps=caps, deadline=time.monotonic() + caps.seconds)
+
+        async def body() -> Outcome:
+            if self.caller is None:
+                return self._handoff(scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
+                                     "no_model", actions=False)
+            return await self._loop(self._start(request, scope), progress)
+
+        return await self._guarded(run_id, body)
+
+    async def resume(self, approval: Approval, progress: Progress | None = None) -> Outcome:
+        """Continue a run after its approval was decided (approved, rejected or expired)."""
+        assert approval.run_id is not None and approval.resume_state
+        saved = json.loads(approval.resume_state)
+        state = RunState.from_json(saved, self.skills, next_seq=len(self.ledger.steps(approval.run_id)) + 1)
+        call = ToolCallRequest(**saved["call"])
+        self.ledger.finish_run(approval.run_id, "running", stop_reason=None)
+
+        async def body() -> Outcome:
+            ctx = self._context(state.scope.run_id, state.request)
+            verdict = await self.escalation.settle(approval, state, call, ctx)
+            if verdict != "approved":
+                return await self._closing_answer(state, verdict)
+            return await self._loop(state, progress)
+
+        return await self._guarded(approval.run_id, body)
+
+    async def _guarded(self, run_id: int, body: Callable[[], Awaitable[Outcome]]) -> Outcome:
         try:
-            outcome = await self._loop(request, scope, progress)
+            outcome = await body()
         except asyncio.CancelledError:
             self.ledger.finish_run(run_id, "interrupted", stop_reason="interrupted",
                                    final_text="Interrupted: Aria was stopping.")
@@ -110,40 +113,42 @@ class Agent:
         return replace(caps, tokens=int(caps.tokens * factor), micros=int(caps.micros * factor),
                        steps=int(caps.steps * factor))
 
-    async def _loop(self, request: Request, scope: CallScope, progress: Progress | None) -> Outcome:
-        if self.caller is None:
-            return self._handoff(scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
-                                 "no_model", actions=False)
-        state = self._start(request, scope)
-        for _ in range(scope.caps.steps):
-            if time.monotonic() >= scope.deadline:
+    async def _loop(self, state: RunState, progress: Progress | None) -> Outcome:
+        assert self.caller is not None
+        stop = await self._handle_calls(state, progress)  # calls left over from before an approval
+        while stop is None:
+            if state.model_calls >= state.scope.caps.steps:
+                return await self._wrap_up(state, f"it took more than {state.scope.caps.steps} steps", "steps")
+            if time.monotonic() >= state.scope.deadline:
                 return await self._wrap_up(state, "the time limit for this request ran out", "seconds")
             try:
-                result = await self.caller.chat(scope, state.messages, self._schemas(state), state.models,
+                result = await self.caller.chat(state.scope, state.messages, self._schemas(state), state.models,
                                                 want_tokens=self.settings.max_output_tokens,
                                                 min_tokens=self.settings.min_output_tokens)
             except BudgetExhausted as exc:
                 return await self._wrap_up(state, f"the budget ran out ({exc.detail})", "budget")
             except PriceUnknown as exc:
-                return self._handoff(scope, state.tried, str(exc), "models_failed", actions=False)
+                return self._handoff(state.scope, state.tried, str(exc), "models_failed", actions=False)
             except AllModelsFailed as exc:
-                state.tried += [Attempt(f"model {m}", "failed", False) for m in scope.models_tried]
-                return self._handoff(scope, state.tried, f"no model could answer ({exc})", "models_failed")
+                state.tried += [Attempt(f"model {m}", "failed", False) for m in state.scope.models_tried]
+                return self._handoff(state.scope, state.tried, f"no model could answer ({exc})", "models_failed")
+            state.model_calls += 1
             state.model = result.model
             if not result.tool_calls:
                 return self._answer(state, result)
-            stop = await self._run_tools(state, result, progress)
-            if stop is not None:
-                return stop
-        return await self._wrap_up(state, f"it took more than {scope.caps.steps} steps", "steps")
+            state.messages.append(_assistant_message(result))
+            state.pending = list(result.tool_calls)
+            stop = await self._handle_calls(state, progress)
+        return stop
 
-    def _start(self, request: Request, scope: CallScope) -> _RunState:
+    def _start(self, request: Request, scope: CallScope) -> RunState:
         now = self.ledger.clock.now().astimezone(self.settings.tz)
-        messages: list[dict[str, Any]] = [{"role": "system", "content": system_prompt(now, self.settings.timezone)}]
+        system = system_prompt(now, self.settings.timezone, self.policy.prompt_lines())
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
         messages += self.history.messages(request.chat_id, exclude_run=scope.run_id)
         messages.append({"role": "user", "content": request.text})
         tools = {spec.name: spec for spec in self.skills.select(request.text)}
-        state = _RunState(scope=scope, request=request, messages=messages, tools=tools)
+        state = RunState(scope=scope, request=request, messages=messages, tools=tools)
         state.route = self.router.route(request.text, escalate=request.escalate)
         share = self.budget.day_spent() / self.budget.day_cap if self.budget.day_cap else 1.0
         state.models = self.router.chain(state.route, day_share_used=share)  # type: ignore[arg-type]
@@ -154,7 +159,7 @@ class Agent:
                               "until tomorrow.")
         return state
 
-    def _escalate(self, state: _RunState, why: str) -> bool:
+    def _escalate(self, state: RunState, why: str) -> bool:
         """Move a run from the cheap model to the strong one, once, when the cheap one gave up or misbehaved."""
         if state.escalated or state.route == "strong" or self.router.strong == self.router.cheap:
             return False
@@ -166,15 +171,16 @@ class Agent:
                                   result=f"to {self.router.strong}: {why}"))
         return True
 
-    def _schemas(self, state: _RunState) -> list[dict[str, Any]]:
+    def _schemas(self, state: RunState) -> list[dict[str, Any]]:
         return [HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, *(spec.schema() for spec in state.tools.values())]
 
-    async def _run_tools(self, state: _RunState, result: ChatResult, progress: Progress | None) -> Outcome | None:
-        state.messages.append(_assistant_message(result))
-        for call in result.tool_calls:
+    async def _handle_calls(self, state: RunState, progress: Progress | None) -> Outcome | None:
+        while state.pending:
+            call = state.pending.pop(0)
             if call.name == "handoff":
                 if self._escalate(state, "the cheap model handed off"):
                     state.messages.append(_tool_message(call, "Escalated to a stronger model: try again."))
+                    state.pending.clear()
                     return None
                 return self._model_handoff(state, call)
             key = canonical(call)
@@ -189,34 +195,63 @@ class Agent:
                 continue
             if progress is not None:
                 await progress(f"Working: {call.name}…")
-            ctx = self._context(state.scope.run_id, state.request)
-            ran = await self.tools.run(state.scope, call, ctx)
-            what, _, result_text = ran.summary.partition(" → ")
-            state.tried.append(Attempt(what, result_text, ran.status == "ok"))
-            if ran.service:
-                state.degraded.append(ran.service)
-            if ran.status in ("invalid", "unknown"):
-                state.corrections += 1
-                if state.corrections > 1 and not self._escalate(state, "invalid tool arguments"):
-                    return self._handoff(state.scope, state.tried, "the model kept sending invalid tool arguments "
-                                         "after one correction", "invalid_arguments")
-            state.messages.append(_tool_message(call, ran.content))
+            ran = await self.tools.run(state.scope, call, self._context(state.scope.run_id, state.request))
+            if ran.status == "approval":
+                return self.escalation.suspend(state, call, ran)
+            stop = self._absorb(state, call, ran)
+            if stop is not None:
+                return stop
         return None
 
-    def _answer(self, state: _RunState, result: ChatResult) -> Outcome:
+    def _absorb(self, state: RunState, call: ToolCallRequest, ran: ToolRun) -> Outcome | None:
+        """Learn from one tool result; stop when the model keeps sending invalid arguments."""
+        what, _, result_text = ran.summary.partition(" → ")
+        state.tried.append(Attempt(what, result_text, ran.status == "ok"))
+        if ran.service:
+            state.degraded.append(ran.service)
+        if ran.status == "blocked":
+            state.blocked.append(f"{call.name} was blocked by policy rule '{ran.rule}': {ran.reason}")
+        if ran.status in ("invalid", "unknown"):
+            state.corrections += 1
+            if state.corrections > 1 and not self._escalate(state, "invalid tool arguments"):
+                return self._handoff(state.scope, state.tried, "the model kept sending invalid tool arguments "
+                                     "after one correction", "invalid_arguments")
+        state.messages.append(_tool_message(call, ran.content))
+        return None
+
+    def _answer(self, state: RunState, result: ChatResult, status: OutcomeStatus = "ok",
+                stop: StopReason = "answer") -> Outcome:
         text = (result.text or "").strip()
         if not text:
             return self._handoff(state.scope, state.tried, "the model returned an empty answer", "models_failed")
-        status: OutcomeStatus = "ok"
         if state.degraded:
             services = ", ".join(sorted(set(state.degraded)))
             text = f"I couldn't reach {services}; here is what I know anyway:\n\n{text}"
-            status = "degraded"
+            status = "degraded" if status == "ok" else status
+        if state.blocked:
+            text += "\n\n" + "\n".join(f"⛔ {line}" for line in state.blocked)
         if state.note:
             text = f"{text}\n\n{state.note}"
-        return Outcome(state.scope.run_id, status, text, "answer", model=result.model)
+        return Outcome(state.scope.run_id, status, text, stop, model=result.model)
 
-    def _model_handoff(self, state: _RunState, call: ToolCallRequest) -> Outcome:
+    async def _closing_answer(self, state: RunState, verdict: str) -> Outcome:
+        """After a rejection (or expiry) the run takes no further tool steps: one tool-less answer, or a template."""
+        if verdict == "expired":
+            return Outcome(state.scope.run_id, "rejected", "The approval request expired, so nothing was run and "
+                           "this request is closed.", "expired")
+        if verdict == "paused":
+            return Outcome(state.scope.run_id, "skipped", "Aria is paused, so the approved action was not run. "
+                           "Use /resume, then ask again.", "paused")
+        assert self.caller is not None
+        try:
+            result = await self.caller.chat(state.scope, state.messages, [], state.models[:1],
+                                            want_tokens=min(400, self.settings.max_output_tokens),
+                                            min_tokens=self.settings.min_output_tokens)
+        except (BudgetExhausted, AllModelsFailed, PriceUnknown):
+            return Outcome(state.scope.run_id, "rejected", "You rejected the action, so it did not run.", "rejected")
+        return self._answer(state, result, status="rejected", stop="rejected")
+
+    def _model_handoff(self, state: RunState, call: ToolCallRequest) -> Outcome:
         try:
             args = HandoffArgs.model_validate(json.loads(call.arguments or "{}"))
         except (json.JSONDecodeError, ValidationError):
@@ -225,7 +260,7 @@ class Agent:
         return self._handoff(state.scope, tried, args.reason.rstrip("."), "handoff", known=args.known,
                              model=state.model)
 
-    async def _wrap_up(self, state: _RunState, reason: str, stop: StopReason) -> Outcome:
+    async def _wrap_up(self, state: RunState, reason: str, stop: StopReason) -> Outcome:
         """One tool-less call to summarise what was found, if its reservation fits; else a templated handoff."""
         assert self.caller is not None
         messages = [*state.messages, {"role": "user", "content": WRAP_UP}]
@@ -241,8 +276,8 @@ class Agent:
     def _handoff(self, scope: CallScope, tried: list[Attempt], reason: str, stop: StopReason, *, known: str = "",
                  status: OutcomeStatus = "handoff", actions: bool = True, model: str | None = None) -> Outcome:
         text = Handoff(reason=reason, tried=tried, known=known, budget_line=self._budget_line(scope)).render()
-        buttons: list[Action] = retry_actions(scope.run_id) if actions else []
-        return Outcome(scope.run_id, status, text, stop, buttons, model=model)
+        return Outcome(scope.run_id, status, text, stop, retry_actions(scope.run_id) if actions else [],
+                       model=model)
 
     def _budget_line(self, scope: CallScope) -> str:
         run = self.ledger.run(scope.run_id)
@@ -262,3 +297,8 @@ def _assistant_message(result: ChatResult) -> dict[str, Any]:
 
 def _tool_message(call: ToolCallRequest, content: str) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call.id, "content": content}
+
+
+def call_json(call: ToolCallRequest) -> dict[str, Any]:
+    """A tool call as JSON-ready data (kept with an approval)."""
+    return asdict(call)

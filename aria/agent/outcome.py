@@ -7,9 +7,12 @@ from typing import Literal
 
 StopReason = Literal[
     "answer", "handoff", "budget", "steps", "seconds", "no_progress", "models_failed", "invalid_arguments",
-    "no_model", "error", "interrupted",
+    "no_model", "error", "interrupted", "approval", "rejected", "expired", "paused",
 ]
-OutcomeStatus = Literal["ok", "degraded", "handoff", "budget_exhausted", "failed", "interrupted"]
+OutcomeStatus = Literal[
+    "ok", "degraded", "handoff", "budget_exhausted", "failed", "interrupted", "awaiting_approval", "rejected",
+    "skipped",
+]
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class Outcome:
     stop_reason: StopReason
     actions: list[Action] = field(default_factory=list)
     model: str | None = None
+    approval_id: int | None = None  # set when the run waits for the owner's decision
 
 
 @dataclass

@@ -10,12 +10,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from aria.agent.gate import Gate, GateDecision
 from aria.errors import ConnectorDown, ToolError, ToolInputError, ToolTimeout
 from aria.ledger import Ledger, Step
 from aria.llm.client import CallScope, ToolCallRequest
 from aria.skills import SkillSet, ToolContext, ToolSpec
 
-ToolStatus = Literal["ok", "invalid", "unknown", "error", "timeout", "degraded", "refused"]
+ToolStatus = Literal["ok", "invalid", "unknown", "error", "timeout", "degraded", "blocked", "shadow", "skipped",
+                     "approval"]
 OUTPUT_TOKENS = 1_500  # tool output handed back to the model, at most
 
 
@@ -58,6 +60,9 @@ class ToolRun:
     content: str  # what goes back to the model (already fenced when it is tool output)
     summary: str  # one line for the handoff's "what I tried"
     service: str | None = None  # the unreachable service, when degraded
+    arguments: dict[str, Any] | None = None  # validated arguments, when the call waits for approval
+    reason: str = ""  # why it was blocked, shadowed, skipped or escalated
+    rule: str = ""
 
 
 def fence(tool: str, output: str, budget_tokens: int = OUTPUT_TOKENS) -> str:
@@ -89,12 +94,17 @@ def render_output(value: Any) -> str:
 class ToolRunner:
     """Executes tool calls for a run and records each as a step (and a failure when it fails)."""
 
-    def __init__(self, skills: SkillSet, ledger: Ledger) -> None:
+    def __init__(self, skills: SkillSet, ledger: Ledger, gate: Gate) -> None:
         self.skills = skills
         self.ledger = ledger
+        self.gate = gate
 
-    async def run(self, scope: CallScope, call: ToolCallRequest, ctx: ToolContext) -> ToolRun:
-        """Handle one call; never raises for tool-side problems (they go back to the model as data)."""
+    async def run(self, scope: CallScope, call: ToolCallRequest, ctx: ToolContext, *,
+                  approved: bool = False) -> ToolRun:
+        """Handle one call; never raises for tool-side problems (they go back to the model as data).
+
+        The gate decides first (policy, autonomy, pause) unless the owner already approved this exact call.
+        """
         spec = self.skills.tools.get(call.name)
         if spec is None:
             known = ", ".join(sorted(self.skills.tools)) or "none"
@@ -102,11 +112,20 @@ class ToolRunner:
         started = time.monotonic()
         try:
             arguments = _parse_arguments(spec, call.arguments)
+        except ToolInputError as exc:
+            return self._record(scope, call, spec, "invalid", started, exc, str(exc))
+        if not approved:
+            decision = self.gate.decide(spec, arguments.model_dump(mode="json"))
+            if decision.action != "run":
+                return self._gated(scope, call, spec, decision, arguments.model_dump(mode="json"))
+        return await self._execute(scope, call, spec, ctx, arguments, started)
+
+    async def _execute(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, ctx: ToolContext,
+                       arguments: BaseModel, started: float) -> ToolRun:
+        try:
             timeout = min(spec.timeout, max(0.1, scope.deadline - started))
             async with asyncio.timeout(timeout):
                 value = await spec.call(ctx, arguments)
-        except ToolInputError as exc:
-            return self._record(scope, call, spec, "invalid", started, exc, str(exc))
         except TimeoutError:
             exc = ToolTimeout(f"{call.name} did not finish within {spec.timeout:g}s")
             return self._record(scope, call, spec, "timeout", started, exc, str(exc))
@@ -129,6 +148,28 @@ class ToolRunner:
         self.ledger.add_failure(f"tool:{spec.name}", error, handling, run_id=scope.run_id, step_id=step_id)
         content = fence(call.name, f"ERROR ({type(error).__name__}): {message}")
         return ToolRun(status, content, f"{call.name} → {message[:160]}", service)
+
+    def _gated(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, decision: GateDecision,
+               arguments: dict[str, Any]) -> ToolRun:
+        """Record a call the gate did not let run, and what the model is told about it."""
+        status: ToolStatus = {"block": "blocked", "shadow": "shadow", "skip": "skipped"}.get(  # type: ignore[assignment]
+            decision.action, "approval")
+        step_status = {"blocked": "refused", "shadow": "skipped", "skipped": "skipped"}.get(status, "ok")
+        self.ledger.add_step(Step(
+            run_id=scope.run_id, seq=next(scope.seq), kind="guard", name=spec.name, skill=spec.skill,
+            status=step_status, started_at=self.ledger.now(), args=call.arguments[:1000],
+            result=f"{decision.action}: {decision.rule + ': ' if decision.rule else ''}{decision.reason}",
+        ))
+        if status == "blocked":
+            self.ledger.add_failure("policy", ToolError(f"{spec.name} blocked by rule {decision.rule}: "
+                                                        f"{decision.reason}"), "refused", run_id=scope.run_id)
+        told = {
+            "blocked": f"BLOCKED by policy rule {decision.rule!r}: {decision.reason}. Do not retry; tell the owner.",
+            "shadow": "Not executed: this skill is in shadow mode. The proposed action was recorded for the owner.",
+            "skipped": f"Not executed: {decision.reason}.",
+        }.get(status, "")
+        return ToolRun(status, fence(call.name, told) if told else "", f"{call.name} → {status}: {decision.reason}",
+                       arguments=arguments, reason=decision.reason, rule=decision.rule)
 
     def _refuse(self, scope: CallScope, call: ToolCallRequest, status: ToolStatus, message: str) -> ToolRun:
         step_id = self.ledger.add_step(Step(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from telegram import BotCommand, Update
+from telegram import Bot, BotCommand, Update
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -16,7 +16,7 @@ from telegram.ext import (
 )
 
 from aria.app import Aria
-from aria.telegram import handlers
+from aria.telegram import approval_handlers, handlers
 from aria.views import COMMANDS
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,10 @@ def build_application(aria: Aria) -> Application:  # type: ignore[type-arg]
     application.add_handler(CommandHandler(["start", "help"], handlers.start))
     application.add_handler(CommandHandler("skills", handlers.skills))
     application.add_handler(CommandHandler("status", handlers.status))
+    application.add_handler(CommandHandler("approvals", approval_handlers.list_approvals))
+    application.add_handler(CommandHandler("pause", handlers.pause))
+    application.add_handler(CommandHandler("resume", handlers.resume))
+    application.add_handler(CallbackQueryHandler(approval_handlers.approval_button, pattern=r"^ap:"))
     application.add_handler(CallbackQueryHandler(handlers.retry_button, pattern=r"^retry:"))
     application.add_handler(CallbackQueryHandler(handlers.unknown_button))
     application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, handlers.text))
@@ -59,7 +63,18 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
     interrupted = aria.ledger.mark_interrupted()
     if interrupted:
         log.warning("%d run(s) from a previous process were marked interrupted", interrupted)
+    for stuck in aria.approvals.recover_interrupted():
+        log.warning("approval %s was executing when the process stopped; marked failed, not re-run", stuck.id)
     await application.bot.set_my_commands([BotCommand(name, about) for name, about in COMMANDS])
+    schedule_jobs(aria, application.bot)
+    aria.scheduler.start()
+    await approval_handlers.expire_due(aria, application.bot)
+
+
+def schedule_jobs(aria: Aria, bot: Bot) -> None:
+    """Jobs restored from the ledger; ids are fixed so a restart replaces rather than duplicates them."""
+    for approval in aria.approvals.pending():
+        approval_handlers.schedule_expiry(aria, bot, approval)
 
 
 async def _post_stop(application: Application) -> None:  # type: ignore[type-arg]

@@ -7,11 +7,13 @@ import logging
 from telegram import Update
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
-from aria.agent.loop import Request
+from aria.agent.state import Request
 from aria.app import Aria
+from aria.scheduler import PAUSED_FLAG
+from aria.telegram.approval_handlers import deliver_outcome
 from aria.telegram.progress import ProgressMessage, Typing
 from aria.telegram.send import send_text
-from aria.views import help_text, skills_text, status_text
+from aria.views import help_text, set_autonomy, skills_text, status_text
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,11 @@ async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def skills(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """List skills, tools, risk and autonomy."""
+    """/skills lists skills, tools, risk and autonomy; /skills <skill> <shadow|ask|auto> changes a skill's level."""
     assert update.effective_chat is not None
-    await send_text(context.bot, update.effective_chat.id, skills_text(_aria(context)))
+    aria = _aria(context)
+    reply = set_autonomy(aria, context.args) if context.args else skills_text(aria)
+    await send_text(context.bot, update.effective_chat.id, reply)
 
 
 async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -106,7 +110,22 @@ async def _run(context: ContextTypes.DEFAULT_TYPE, request: Request) -> None:
     progress = ProgressMessage(context.bot, request.chat_id)
     async with Typing(context.bot, request.chat_id):
         outcome = await aria.agent.run(request, progress.note)
-    await progress.finish(outcome)
+    await deliver_outcome(aria, progress, outcome)
+
+
+async def pause(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/pause: the kill switch. No risky action or acting scheduled job runs until /resume."""
+    assert update.effective_chat is not None
+    _aria(context).ledger.set_flag(PAUSED_FLAG, "yes")
+    await send_text(context.bot, update.effective_chat.id,
+                    "Paused. Risky actions and scheduled actions are skipped (and recorded) until /resume.")
+
+
+async def resume(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/resume: lift the kill switch."""
+    assert update.effective_chat is not None
+    _aria(context).ledger.set_flag(PAUSED_FLAG, "no")
+    await send_text(context.bot, update.effective_chat.id, "Resumed. Actions run again (risky ones still ask).")
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:

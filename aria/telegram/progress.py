@@ -58,18 +58,20 @@ class ProgressMessage:
         except TelegramError:
             pass  # progress is best effort; the final answer is not
 
-    async def finish(self, outcome: Outcome) -> None:
-        """Replace the progress message with the answer (or send the answer when it is long)."""
+    async def finish(self, outcome: Outcome) -> Message | None:
+        """Replace the progress message with the answer (or send the answer when it is long); returns the message
+        that carries the buttons."""
         chunks = split_text(outcome.text)
         if self.message is not None and len(chunks) == 1:
             try:
-                await self.bot.edit_message_text(chunks[0], chat_id=self.chat_id,
-                                                 message_id=self.message.message_id,
-                                                 reply_markup=keyboard(outcome.actions))
-                return
+                edited = await self.bot.edit_message_text(chunks[0], chat_id=self.chat_id,
+                                                          message_id=self.message.message_id,
+                                                          reply_markup=keyboard(outcome.actions))
+                return edited if isinstance(edited, Message) else self.message
             except TelegramError:
                 pass
         if self.message is not None:
             with contextlib.suppress(TelegramError):
                 await self.bot.delete_message(self.chat_id, self.message.message_id)
-        await send_text(self.bot, self.chat_id, outcome.text, actions=outcome.actions)
+        sent = await send_text(self.bot, self.chat_id, outcome.text, actions=outcome.actions)
+        return sent[-1] if sent else None

@@ -1,0 +1,86 @@
+"""Before a tool runs: the policy, the skill's autonomy level and the kill switch decide what happens.
+
+    block     a policy rule forbids it: never runs, reported with the rule
+    shadow    the skill only proposes: recorded as what would have run, not run
+    skip      Aria is paused: actions are recorded as skipped
+    approve   risky (or escalated by a rule): waits for an owner's Approve
+    run       runs now
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from aria.ledger import Ledger
+from aria.policy import Policy, Verdict
+from aria.scheduler import PAUSED_FLAG
+from aria.skills import Autonomy, ToolSpec
+
+GateAction = Literal["run", "approve", "shadow", "block", "skip"]
+AUTONOMY_FLAG = "autonomy:"
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What to do with one tool call, and why."""
+
+    action: GateAction
+    reason: str = ""
+    rule: str = ""
+
+
+class Gate:
+    """Decides whether a validated tool call runs, waits, is shadowed, skipped or blocked."""
+
+    def __init__(self, ledger: Ledger, policy: Policy, *, allow_risky_auto: bool) -> None:
+        self.ledger = ledger
+        self.policy = policy
+        self.allow_risky_auto = allow_risky_auto
+
+    def autonomy(self, spec: ToolSpec) -> Autonomy:
+        """The effective autonomy: the owner's per-skill setting, else the tool's; risky tools never `auto`
+        unless ARIA_ALLOW_RISKY_AUTO is set."""
+        chosen = self.ledger.get_flag(AUTONOMY_FLAG + spec.skill) or spec.autonomy
+        if spec.risk == "risky" and chosen == "auto" and not self.allow_risky_auto:
+            return "ask"
+        return chosen  # type: ignore[return-value]
+
+    def set_autonomy(self, skill: str, level: Autonomy, risky: bool) -> str | None:
+        """Change a skill's autonomy; returns a refusal reason, or None when done."""
+        if level == "auto" and risky and not self.allow_risky_auto:
+            return "risky tools can't run without approval unless ARIA_ALLOW_RISKY_AUTO=true"
+        self.ledger.set_flag(AUTONOMY_FLAG + skill, level)
+        return None
+
+    def decide(self, spec: ToolSpec, arguments: dict[str, Any]) -> GateDecision:
+        """The decision for one call with validated arguments."""
+        verdict = self._policy(spec, arguments)
+        if verdict.action == "block":
+            return GateDecision("block", verdict.reason, verdict.rule)
+        autonomy = self.autonomy(spec)
+        if autonomy == "shadow":
+            return GateDecision("shadow", f"skill {spec.skill} is in shadow mode")
+        command_allowed = spec.command_arg is not None and verdict.action == "allow"
+        needs_approval = verdict.action == "escalate" or (autonomy == "ask" and not command_allowed)
+        if spec.risk == "risky" and self.ledger.get_flag(PAUSED_FLAG) == "yes":
+            return GateDecision("skip", "Aria is paused (/resume to allow actions again)")
+        if needs_approval:
+            return GateDecision("approve", verdict.reason or f"{spec.name} is a risky action", verdict.rule)
+        return GateDecision("run")
+
+    def _policy(self, spec: ToolSpec, arguments: dict[str, Any]) -> Verdict:
+        checks: list[Verdict] = []
+        if spec.command_arg and isinstance(arguments.get(spec.command_arg), str):
+            checks.append(self.policy.check_command(arguments[spec.command_arg]))
+        if spec.recipient_arg and isinstance(arguments.get(spec.recipient_arg), str):
+            checks.append(self.policy.check_recipient(arguments[spec.recipient_arg]))
+        for name in spec.outbound_text_args:
+            if isinstance(arguments.get(name), str):
+                checks.append(self.policy.check_text(arguments[name]))
+        checks.append(self.policy.check_amounts(arguments))
+        for action in ("block", "escalate"):
+            for verdict in checks:
+                if verdict.action == action:
+                    return verdict
+        return Verdict("allow")
