@@ -16,7 +16,7 @@ from pathlib import Path
 
 import openai
 
-from aria.agent.loop import Request
+from aria.agent.state import Request
 from aria.app import Aria
 from aria.config import Settings
 from aria.llm.tokens import prompt_upper_bound

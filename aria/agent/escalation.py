@@ -24,8 +24,8 @@ def summarise(spec: ToolSpec | None, tool: str, arguments: dict[str, Any]) -> st
         return f"Run `{arguments[spec.command_arg]}` on this host"
     if spec is not None and spec.recipient_arg and spec.recipient_arg in arguments:
         return f"Send a message to {arguments[spec.recipient_arg]}"
-    compact = json.dumps(arguments, ensure_ascii=False, separators=(", ", "="))[:160]
-    return f"{tool} {compact}"
+    shown = ", ".join(f"{key}={json.dumps(value, ensure_ascii=False)}" for key, value in arguments.items())
+    return f"{tool}({shown[:160]})"
 
 
 class Escalation:
