@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     shell_enabled: bool = True  # run_command exists, always behind approval unless the policy allowlists it
     shell_timeout_seconds: float = Field(default=30.0, gt=0)
 
+    # Outbound messages to third parties
+    smtp_url: SecretStr | None = None  # smtp://user:password@host:587 or smtps://...
+    smtp_from: str | None = None
+    outbound_webhook_url: SecretStr | None = None
+    draft_review: bool = False
+
     # Approvals, policy, alerts
     approval_ttl_hours: float = Field(default=24.0, gt=0)
     policy_file: Path | None = None
@@ -162,7 +168,8 @@ class Settings(BaseSettings):
 
     def secrets(self) -> list[str]:
         """Every secret value, so log filters and error texts can scrub them."""
-        found = [self.telegram_bot_token, self.openai_api_key, self.webhook_secret, *self.event_secrets.values()]
+        found = [self.telegram_bot_token, self.openai_api_key, self.webhook_secret, self.smtp_url,
+                 self.outbound_webhook_url, *self.event_secrets.values()]
         return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
 
 

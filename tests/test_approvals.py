@@ -203,9 +203,9 @@ async def test_draft_promising_a_discount_is_blocked_with_the_rule_named(make_ar
     aria = make_aria(skills_dir=probe_skills)
     outcome = await aria.agent.run(Request("probe and write a mark"))
     assert marks(aria.settings.data_dir) == []
-    assert "blocked by policy rule 'no-discounts'" in outcome.text
+    assert "sent back by rule 'no-discounts'" in outcome.text
     told = [m for m in fake_openai.last_request.body["messages"] if m["role"] == "tool"][-1]["content"]
-    assert "BLOCKED by policy rule 'no-discounts'" in told
+    assert "REJECTED by the editor, rule 'no-discounts'" in told
 
 
 async def test_shadow_mode_records_the_action_without_acting(make_aria: MakeAria, fake_openai: Any,

@@ -28,6 +28,7 @@ class GateDecision:
     action: GateAction
     reason: str = ""
     rule: str = ""
+    draft: bool = False  # refused by an editor rule on text for a third party: the model may revise once
 
 
 class Gate:
@@ -55,9 +56,9 @@ class Gate:
 
     def decide(self, spec: ToolSpec, arguments: dict[str, Any]) -> GateDecision:
         """The decision for one call with validated arguments."""
-        verdict = self._policy(spec, arguments)
+        verdict, on_text = self._policy(spec, arguments)
         if verdict.action == "block":
-            return GateDecision("block", verdict.reason, verdict.rule)
+            return GateDecision("block", verdict.reason, verdict.rule, draft=on_text)
         autonomy = self.autonomy(spec)
         if autonomy == "shadow":
             return GateDecision("shadow", f"skill {spec.skill} is in shadow mode")
@@ -69,18 +70,19 @@ class Gate:
             return GateDecision("approve", verdict.reason or f"{spec.name} is a risky action", verdict.rule)
         return GateDecision("run")
 
-    def _policy(self, spec: ToolSpec, arguments: dict[str, Any]) -> Verdict:
-        checks: list[Verdict] = []
+    def _policy(self, spec: ToolSpec, arguments: dict[str, Any]) -> tuple[Verdict, bool]:
+        """The strictest verdict over every check, and whether it came from a rule on outbound text."""
+        checks: list[tuple[Verdict, bool]] = []
         if spec.command_arg and isinstance(arguments.get(spec.command_arg), str):
-            checks.append(self.policy.check_command(arguments[spec.command_arg]))
+            checks.append((self.policy.check_command(arguments[spec.command_arg]), False))
         if spec.recipient_arg and isinstance(arguments.get(spec.recipient_arg), str):
-            checks.append(self.policy.check_recipient(arguments[spec.recipient_arg]))
+            checks.append((self.policy.check_recipient(arguments[spec.recipient_arg]), False))
         for name in spec.outbound_text_args:
             if isinstance(arguments.get(name), str):
-                checks.append(self.policy.check_text(arguments[name]))
-        checks.append(self.policy.check_amounts(arguments))
+                checks.append((self.policy.check_text(arguments[name]), True))
+        checks.append((self.policy.check_amounts(arguments), False))
         for action in ("block", "escalate"):
-            for verdict in checks:
+            for verdict, on_text in checks:
                 if verdict.action == action:
-                    return verdict
-        return Verdict("allow")
+                    return verdict, on_text
+        return Verdict("allow"), False

@@ -20,9 +20,9 @@ from pydantic import ValidationError
 from aria.agent.escalation import Escalation
 from aria.agent.history import History
 from aria.agent.outcome import Attempt, Handoff, Outcome, OutcomeStatus, StopReason, retry_actions
-from aria.agent.prompts import WRAP_UP, system_prompt
+from aria.agent.prompts import DRAFT_REVIEW, WRAP_UP, system_prompt
 from aria.agent.state import Request, RunState
-from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical
+from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical, fence
 from aria.approvals import Approvals
 from aria.config import Settings
 from aria.errors import BudgetExhausted, PriceUnknown
@@ -55,6 +55,8 @@ class Agent:
         self.history = History(ledger, settings.history_tokens)
         self.escalation = Escalation(ledger, approvals, runner)
         self._context = context_factory
+        if settings.draft_review and caller is not None:
+            runner.reviewer = self._review_draft
 
     async def run(self, request: Request, progress: Progress | None = None) -> Outcome:
         """Handle one request end to end; always returns an Outcome (cancellation marks the run interrupted)."""
@@ -171,6 +173,19 @@ class Agent:
                                   result=f"to {self.router.strong}: {why}"))
         return True
 
+    async def _review_draft(self, scope: CallScope, draft: str) -> str | None:
+        """The optional model review of a draft for a third party, within the run's budget: None means pass."""
+        assert self.caller is not None
+        messages = [{"role": "system", "content": DRAFT_REVIEW}, {"role": "user", "content": fence("draft", draft)}]
+        try:
+            result = await self.caller.chat(scope, messages, [], [self.router.cheap], want_tokens=80, min_tokens=8)
+        except (BudgetExhausted, AllModelsFailed, PriceUnknown):
+            return "the draft could not be reviewed within the budget"
+        verdict = (result.text or "").strip()
+        if verdict.upper().startswith("PASS"):
+            return None
+        return verdict.partition(":")[2].strip() or "the reviewer did not pass it"
+
     def _schemas(self, state: RunState) -> list[dict[str, Any]]:
         return [HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, *(spec.schema() for spec in state.tools.values())]
 
@@ -209,7 +224,13 @@ class Agent:
         state.tried.append(Attempt(what, result_text, ran.status == "ok"))
         if ran.service:
             state.degraded.append(ran.service)
-        if ran.status == "blocked":
+        if ran.status == "blocked" and ran.draft:
+            state.revisions += 1
+            if state.revisions > 1:
+                return self._handoff(state.scope, state.tried, f"the draft for {call.name} was rejected twice by the "
+                                     f"editor (rule '{ran.rule}': {ran.reason}); it was not sent", "handoff")
+            state.blocked.append(f"a draft for {call.name} was sent back by rule '{ran.rule}': {ran.reason}")
+        elif ran.status == "blocked":
             state.blocked.append(f"{call.name} was blocked by policy rule '{ran.rule}': {ran.reason}")
         if ran.status in ("invalid", "unknown"):
             state.corrections += 1

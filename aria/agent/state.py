@@ -46,6 +46,7 @@ class RunState:
     route: str = "cheap"
     escalated: bool = False
     corrections: int = 0
+    revisions: int = 0  # drafts the editor sent back
     model_calls: int = 0
     model: str | None = None
     note: str = ""  # told to the owner once, appended to the answer
@@ -59,6 +60,7 @@ class RunState:
             "tried": [asdict(a) for a in self.tried], "seen": sorted(self.seen), "degraded": self.degraded,
             "blocked": self.blocked, "pending": [asdict(c) for c in self.pending], "models": self.models,
             "route": self.route, "escalated": self.escalated, "corrections": self.corrections,
+            "revisions": self.revisions,
             "model_calls": self.model_calls, "model": self.model, "note": self.note,
         }
 
@@ -75,6 +77,7 @@ class RunState:
             tried=[Attempt(**a) for a in data["tried"]], seen=set(data["seen"]), degraded=data["degraded"],
             blocked=data["blocked"], pending=[ToolCallRequest(**c) for c in data["pending"]],
             models=data["models"], route=data["route"], escalated=data["escalated"],
-            corrections=data["corrections"], model_calls=data["model_calls"], model=data["model"],
+            corrections=data["corrections"], revisions=data.get("revisions", 0), model_calls=data["model_calls"],
+            model=data["model"],
             note=data["note"],
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,6 +64,7 @@ class ToolRun:
     arguments: dict[str, Any] | None = None  # validated arguments, when the call waits for approval
     reason: str = ""  # why it was blocked, shadowed, skipped or escalated
     rule: str = ""
+    draft: bool = False  # an editor rejected text meant for a third party
 
 
 def fence(tool: str, output: str, budget_tokens: int = OUTPUT_TOKENS) -> str:
@@ -98,6 +100,8 @@ class ToolRunner:
         self.skills = skills
         self.ledger = ledger
         self.gate = gate
+        # Optional model review of drafts for third parties: returns an objection, or None to let it pass.
+        self.reviewer: Callable[[CallScope, str], Awaitable[str | None]] | None = None
 
     async def run(self, scope: CallScope, call: ToolCallRequest, ctx: ToolContext, *,
                   approved: bool = False) -> ToolRun:
@@ -115,9 +119,14 @@ class ToolRunner:
         except ToolInputError as exc:
             return self._record(scope, call, spec, "invalid", started, exc, str(exc))
         if not approved:
-            decision = self.gate.decide(spec, arguments.model_dump(mode="json"))
+            data = arguments.model_dump(mode="json")
+            decision = self.gate.decide(spec, data)
+            if decision.action in ("run", "approve") and self.reviewer is not None and spec.outbound_text_args:
+                objection = await self.reviewer(scope, " ".join(str(data.get(a, "")) for a in spec.outbound_text_args))
+                if objection:
+                    decision = GateDecision("block", objection, "draft-review", draft=True)
             if decision.action != "run":
-                return self._gated(scope, call, spec, decision, arguments.model_dump(mode="json"))
+                return self._gated(scope, call, spec, decision, data)
         return await self._execute(scope, call, spec, ctx, arguments, started)
 
     async def _execute(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, ctx: ToolContext,
@@ -164,12 +173,14 @@ class ToolRunner:
             self.ledger.add_failure("policy", ToolError(f"{spec.name} blocked by rule {decision.rule}: "
                                                         f"{decision.reason}"), "refused", run_id=scope.run_id)
         told = {
-            "blocked": f"BLOCKED by policy rule {decision.rule!r}: {decision.reason}. Do not retry; tell the owner.",
+            "blocked": (f"REJECTED by the editor, rule {decision.rule!r}: {decision.reason}. Revise the draft once "
+                        "without it, or tell the owner." if decision.draft else
+                        f"BLOCKED by policy rule {decision.rule!r}: {decision.reason}. Do not retry; tell the owner."),
             "shadow": "Not executed: this skill is in shadow mode. The proposed action was recorded for the owner.",
             "skipped": f"Not executed: {decision.reason}.",
         }.get(status, "")
         return ToolRun(status, fence(call.name, told) if told else "", f"{call.name} → {status}: {decision.reason}",
-                       arguments=arguments, reason=decision.reason, rule=decision.rule)
+                       arguments=arguments, reason=decision.reason, rule=decision.rule, draft=decision.draft)
 
     def _refuse(self, scope: CallScope, call: ToolCallRequest, status: ToolStatus, message: str) -> ToolRun:
         step_id = self.ledger.add_step(Step(
