@@ -148,7 +148,8 @@ async def test_model_review_can_reject_a_draft_within_the_budget(make_aria: Make
     fake_openai.enqueue_text("FAIL: leaks an internal password")
     fake_openai.enqueue_text("I won't send that.")
     outcome = await aria.agent.run(Request("email bob the details"))
-    assert outcome.text == "I won't send that." and mailbox.messages == []
+    assert outcome.text.startswith("I won't send that.") and mailbox.messages == []
+    assert "sent back by rule 'draft-review': leaks an internal password" in outcome.text
     told = fake_openai.completions[2].body["messages"][-1]["content"]
     assert "leaks an internal password" in told
     run = aria.ledger.run(outcome.run_id or 0)
