@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -10,13 +11,15 @@ from typing import Any
 import pytest
 
 from aria.app import Aria
-from aria.clock import Clock
+from aria.clock import Clock, ManualClock
 from aria.config import Settings
+from aria.ledger import Ledger
 
 pytest_plugins = ["tests.conftest_fakes"]
 
 OWNER = 1001
 STRANGER = 666
+START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +29,18 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith(("ARIA_", "OPENAI_", "TELEGRAM_")):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A clock that moves only when a test moves it, starting at START."""
+    return ManualClock(START)
+
+
+@pytest.fixture
+def ledger(tmp_path: Path, clock: ManualClock) -> Ledger:
+    """A fresh ledger in a temporary folder, on the manual clock."""
+    return Ledger.open(tmp_path / "aria.db", clock=clock)
 
 
 class SleepRecorder:

@@ -75,6 +75,17 @@ async def _ask(fake_telegram: Any, fake_openai: Any, label: str = "deploy") -> A
     return call
 
 
+async def _approval_with_message(aria: Aria) -> Approval:
+    """The approval once its message id is recorded (just after the message is sent)."""
+    for _ in range(500):
+        with aria.ledger.read() as s:
+            row = s.exec(select(Approval)).first()
+        if row is not None and row.message_id is not None:
+            return row
+        await asyncio.sleep(0.01)
+    raise AssertionError("the approval message id was never recorded")
+
+
 async def test_approve_runs_once_edits_the_message_and_answers(bot_aria: Callable[..., Aria], fake_telegram: Any,
                                                                fake_openai: Any) -> None:
     aria = bot_aria()
@@ -83,7 +94,7 @@ async def test_approve_runs_once_edits_the_message_and_answers(bot_aria: Callabl
         buttons = [b["text"] for row in request.params["reply_markup"]["inline_keyboard"] for b in row]
         assert buttons == ["Approve", "Reject", "Details"]
         assert marks(aria.settings.data_dir) == []  # nothing ran before the press
-        approval = _approval(aria)
+        approval = await _approval_with_message(aria)
         assert approval.status == "pending" and approval.message_id == request.result["message_id"]
         fake_telegram.press_button(callback_data(approval, "a"), user_id=OWNER, message_id=approval.message_id)
         await shown(fake_telegram, "Done: marked deploy.")
@@ -102,7 +113,7 @@ async def test_reject_tells_the_model_and_runs_nothing(bot_aria: Callable[..., A
         await _ask(fake_telegram, fake_openai)
         fake_openai.clear_script()
         fake_openai.enqueue_text("Understood, I did not mark anything.")
-        approval = _approval(aria)
+        approval = await _approval_with_message(aria)
         fake_telegram.press_button(callback_data(approval, "r"), user_id=OWNER, message_id=approval.message_id)
         await shown(fake_telegram, "did not mark")
     assert marks(aria.settings.data_dir) == []
@@ -118,7 +129,7 @@ async def test_double_and_concurrent_presses_run_the_action_once(bot_aria: Calla
     aria = bot_aria()
     async with running(aria):
         await _ask(fake_telegram, fake_openai)
-        approval = _approval(aria)
+        approval = await _approval_with_message(aria)
         for _ in range(4):  # arrive together and are handled concurrently
             fake_telegram.press_button(callback_data(approval, "a"), user_id=OWNER, message_id=approval.message_id)
         answers = await fake_telegram.wait_for("answerCallbackQuery", count=4)
@@ -133,7 +144,7 @@ async def test_press_after_a_restart_runs_once_in_the_new_process(bot_aria: Call
     first = bot_aria()
     async with running(first):
         await _ask(fake_telegram, fake_openai)
-    approval = _approval(first)
+        approval = await _approval_with_message(first)
     second = bot_aria()  # a new process on the same database
     async with running(second):
         fake_telegram.press_button(callback_data(approval, "a"), user_id=OWNER, message_id=approval.message_id)
@@ -148,7 +159,7 @@ async def test_stranger_and_forged_presses_are_refused_and_recorded(bot_aria: Ca
     aria = bot_aria()
     async with running(aria):
         await _ask(fake_telegram, fake_openai)
-        approval = _approval(aria)
+        approval = await _approval_with_message(aria)
         fake_telegram.press_button(callback_data(approval, "a"), user_id=STRANGER)
         forged = f"ap:{approval.id}:a:{'0' * 12}"  # right id, wrong hash
         for data in (forged, "ap:99999:a:0123456789ab", "ap:x:a:zz", "ap:" + "9" * 60):
@@ -170,7 +181,7 @@ async def test_expiry_with_an_injected_clock_closes_the_run(bot_aria: Callable[.
     aria = bot_aria(clock=clock, approval_ttl_hours=24)
     async with running(aria) as application:
         await _ask(fake_telegram, fake_openai)
-        approval = _approval(aria)
+        approval = await _approval_with_message(aria)
         clock.advance(hours=23)
         assert await expire_due(aria, application.bot) == 0
         clock.advance(hours=2)

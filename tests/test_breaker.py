@@ -5,23 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-import pytest
-
 from aria.breaker import BreakerBoard, CircuitBreaker
 from aria.clock import ManualClock
 from aria.ledger import Breaker, Ledger
-
-START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(START)
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, clock: ManualClock) -> Ledger:
-    return Ledger.open(tmp_path / "aria.db", clock=clock)
+from tests.conftest import START
 
 
 def row(ledger: Ledger, key: str) -> Breaker | None:

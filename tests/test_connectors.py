@@ -25,9 +25,8 @@ from aria.connectors import Connectors, last_status
 from aria.errors import ConnectorDown, ToolError
 from aria.ledger import Failure, Ledger
 from aria.retry import parse_retry_after
+from tests.conftest import START
 from tests.fakes.server import ServerThread
-
-START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 
 class Script:
@@ -87,16 +86,6 @@ def script(served: tuple[ServerThread, Script]) -> Script:
 @pytest.fixture
 def base(served: tuple[ServerThread, Script]) -> str:
     return served[0].url
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock(START)
-
-
-@pytest.fixture
-def ledger(tmp_path: Path, clock: ManualClock) -> Ledger:
-    return Ledger.open(tmp_path / "aria.db", clock=clock)
 
 
 @pytest.fixture

@@ -39,10 +39,10 @@ from aria.connectors import Connectors
 from aria.errors import ToolError, ToolInputError
 from aria.ledger import Ledger
 from aria.skills import ToolContext, ToolSpec, load_skill_file
+from tests.conftest import START
 from tests.fakes.server import ServerThread
 
 SKILL_FILE = Path(__file__).resolve().parents[1] / "skills" / "web.py"
-START = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
 PAGE = """<!doctype html>
 <html><head><title>Aria status</title>

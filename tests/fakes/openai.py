@@ -25,7 +25,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes.server import ServerThread, wait_until, wait_until_sync
+from tests.fakes.server import ServedFake, ServerThread, wait_until, wait_until_sync
 
 __all__ = [
     "FakeOpenAI",
@@ -132,7 +132,7 @@ def _retry_headers(retry_after: float | str | None) -> dict[str, str]:
     return {"retry-after": str(retry_after)}
 
 
-class FakeOpenAI:
+class FakeOpenAI(ServedFake):
     """OpenAI-compatible server with a FIFO script. Thread-safe."""
 
     def __init__(self, api_key: str | None = None, models: Sequence[str] = DEFAULT_MODELS) -> None:
@@ -155,27 +155,6 @@ class FakeOpenAI:
         app.add_exception_handler(405, self._not_found)
         self.server = ServerThread(app, name="fake-openai")
 
-    # -- lifecycle ----------------------------------------------------------
-
-    def start(self) -> FakeOpenAI:
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def down(self) -> None:
-        """Outage: connections are refused until ``up()``."""
-        self.server.down()
-
-    def up(self) -> None:
-        self.server.up()
-
-    def __enter__(self) -> FakeOpenAI:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def base_url(self) -> str:

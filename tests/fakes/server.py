@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import uvicorn
 
@@ -283,3 +283,30 @@ def wait_until_sync(
                 f"timed out after {timeout}s waiting for {count} x {what}; got {len(found)}. Recent:\n{_dump(recent())}"
             )
         time.sleep(interval)
+
+
+class ServedFake:
+    """Lifecycle shared by the fakes: start, stop, an outage (down/up) and use as a context manager."""
+
+    server: ServerThread
+
+    def start(self) -> Self:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def down(self) -> None:
+        """Outage: connections are refused until ``up()``."""
+        self.server.down()
+
+    def up(self) -> None:
+        """Serve again on the same port."""
+        self.server.up()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

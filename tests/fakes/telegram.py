@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes.server import ServerThread, wait_until, wait_until_sync
+from tests.fakes.server import ServedFake, ServerThread, wait_until, wait_until_sync
 
 __all__ = ["Call", "FakeTelegram", "TelegramAPIError", "make_update_json"]
 
@@ -406,7 +406,7 @@ def _update_type(update: JSON) -> str:
 # ---------------------------------------------------------------------------
 
 
-class FakeTelegram:
+class FakeTelegram(ServedFake):
     """Bot API emulator. Thread-safe: the test thread injects, the server thread serves."""
 
     def __init__(self, token: str = "123456:TEST-TOKEN") -> None:
@@ -445,28 +445,6 @@ class FakeTelegram:
         app.add_exception_handler(405, self._not_found)
         self.server = ServerThread(app, name="fake-telegram")
 
-    # -- lifecycle ----------------------------------------------------------
-
-    def start(self) -> FakeTelegram:
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def down(self) -> None:
-        """Outage: connections are refused until ``up()``."""
-        self.server.down()
-
-    def up(self) -> None:
-        """Serve again on the same port."""
-        self.server.up()
-
-    def __enter__(self) -> FakeTelegram:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def api_url(self) -> str:
