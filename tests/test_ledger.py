@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from sqlalchemy import create_engine, inspect
+from sqlmodel import select
 
 from aria.ledger import Ledger, Run, Step
 from aria.ledger.db import create_ledger_engine
@@ -79,3 +80,17 @@ def test_interrupted_runs_are_marked_at_start_up(tmp_path: Path) -> None:
     assert Ledger.open(tmp_path / "aria.db").mark_interrupted() == 1
     run = ledger.run(run_id)
     assert run is not None and run.status == "interrupted"
+
+
+def test_reservations_left_open_by_a_crash_count_as_estimated_cost(tmp_path: Path) -> None:
+    from aria.ledger import Spend
+
+    ledger = Ledger.open(tmp_path / "aria.db")
+    run_id = ledger.start_run(Run(trigger="message", channel="telegram", started_at=ledger.now()))
+    with ledger.write() as s:
+        s.add(Spend(run_id=run_id, provider="openai", model="gpt-4o", status="reserved", reserved_micros=900,
+                    day="2026-01-01", created_at=ledger.now()))
+    Ledger.open(tmp_path / "aria.db").mark_interrupted()
+    with ledger.read() as s:
+        spend = s.exec(select(Spend)).one()
+    assert (spend.status, spend.cost_micros, spend.price_known) == ("settled", 900, False)

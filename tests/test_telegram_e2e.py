@@ -12,7 +12,7 @@ from telegram import Bot
 from telegram.ext import Application
 
 from aria.app import Aria
-from aria.ledger import Event, Failure, Run
+from aria.ledger import Event, Failure, Run, Spend
 from aria.telegram.bot import build_application
 from aria.telegram.send import send_text
 from tests.conftest import OWNER, STRANGER
@@ -151,3 +151,43 @@ async def test_rejected_markup_is_resent_as_plain_text(fake_telegram: Any) -> No
     assert sent.text == "<b>unclosed bold"
     attempts = fake_telegram.calls_to("sendMessage")
     assert [c.ok for c in attempts] == [False, True]
+
+
+async def test_stopping_lets_an_in_flight_run_finish(make_aria: MakeAria, fake_telegram: Any,
+                                                     fake_openai: Any) -> None:
+    aria = make_aria(telegram_bot_token=fake_telegram.token, telegram_api_url=fake_telegram.api_url)
+    application = build_application(aria)
+    await application.initialize()
+    await application.start()
+    assert application.updater is not None
+    await application.updater.start_polling(timeout=1, poll_interval=0)
+    fake_openai.enqueue_hang(1.0)  # the model takes a second; the stop signal comes meanwhile
+    fake_telegram.add_message("slow question", user_id=OWNER)
+    await fake_openai.wait_for_requests(1)
+    await application.updater.stop()
+    await application.stop()  # what SIGTERM triggers in run_polling
+    await application.shutdown()
+    with aria.ledger.read() as s:
+        (run,) = s.exec(select(Run)).all()
+    assert run.status == "ok" and run.ended_at is not None
+    assert fake_telegram.sent_texts(OWNER)[-1] == "OK."
+
+
+async def test_a_cancelled_run_is_marked_interrupted(make_aria: MakeAria, fake_openai: Any) -> None:
+    import asyncio
+
+    from aria.agent.state import Request
+
+    aria = make_aria()
+    fake_openai.enqueue_hang(5.0)
+    task = asyncio.create_task(aria.agent.run(Request("slow")))
+    await fake_openai.wait_for_requests(1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with aria.ledger.read() as s:
+        (run,) = s.exec(select(Run)).all()
+        (spend,) = s.exec(select(Spend)).all()
+    assert (run.status, run.stop_reason) == ("interrupted", "interrupted")
+    # The call may have been billed: its worst case stays counted, marked as an estimate.
+    assert (spend.status, spend.price_known, spend.cost_micros) == ("settled", False, spend.reserved_micros)

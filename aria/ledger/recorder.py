@@ -9,11 +9,11 @@ from pathlib import Path
 
 from sqlalchemy import Engine, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from aria.clock import Clock, SystemClock
 from aria.ledger.db import create_ledger_engine
-from aria.ledger.models import Event, Failure, KeyValue, Run, Step
+from aria.ledger.models import Event, Failure, KeyValue, Run, Spend, Step
 from aria.ledger.redact import Redactor
 
 SHORT = 500  # characters of a tool result kept on a step row
@@ -85,11 +85,18 @@ class Ledger:
             s.add(run)
 
     def mark_interrupted(self) -> int:
-        """At start-up: runs a previous process left `running` are marked `interrupted`."""
+        """At start-up: runs a previous process left `running` are marked `interrupted`, and their open
+        reservations are kept as (estimated) cost, since those calls may have been billed."""
         with self.write() as s:
             result = s.execute(
                 update(Run).where(Run.status == "running").values(
                     status="interrupted", stop_reason="process stopped", ended_at=self.now()
+                )
+            )
+            stale = select(Run.id).where(Run.status == "interrupted")
+            s.execute(
+                update(Spend).where(col(Spend.status) == "reserved", col(Spend.run_id).in_(stale)).values(
+                    status="settled", cost_micros=Spend.reserved_micros, price_known=False, settled_at=self.now()
                 )
             )
             return int(result.rowcount or 0)  # type: ignore[attr-defined]

@@ -138,6 +138,10 @@ class ModelCaller:
                 timeout=min(self.timeout, seconds_left),
             )
             result = self._parse(response, model)
+        except asyncio.CancelledError:
+            # The request may already be billed: keep the worst case rather than pretend it cost nothing.
+            self.budget.release(reservation, billed_unknown=True)
+            raise
         except (openai.APIError, ValueError) as exc:
             error = self._classify(exc)
             billed_unknown = isinstance(exc, openai.APITimeoutError | openai.APIResponseValidationError | ValueError)
