@@ -312,3 +312,18 @@ async def test_history_is_bounded_by_tokens(make_aria: MakeAria, fake_openai: An
     history = messages[1:-1]
     assert 0 < len(history) < 10 and history[-2]["content"] == "question 4"
 
+
+
+async def test_unpriced_model_is_refused_before_any_call_and_flagged(make_aria: MakeAria, fake_openai: Any,
+                                                                      tmp_path: Path) -> None:
+    from aria.views import status_text
+
+    aria = make_aria(model_cheap="my-llama", model_strong="my-llama")
+    outcome = await aria.agent.run(Request("hello"))
+    assert outcome.status == "handoff" and "no price known for model 'my-llama'" in outcome.text
+    assert fake_openai.completions == []
+    assert "No price known for my-llama" in status_text(aria)
+    prices = tmp_path / "prices.toml"
+    prices.write_text('[models."my-llama"]\ninput = 0.0\noutput = 0.0\n')
+    priced = make_aria(model_cheap="my-llama", model_strong="my-llama", prices_file=prices)
+    assert (await priced.agent.run(Request("hello"))).text == "OK."
