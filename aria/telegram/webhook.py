@@ -1,0 +1,157 @@
+"""Webhook mode: Telegram pushes updates to Aria's ASGI app, so an idle Aria makes no Bot API calls at all.
+
+`serve_webhook` starts, in order: the Application (initialize, post_init: ledger recovery, commands, scheduler;
+start), the webhook registration (`setWebhook` with the secret token and the allowed update types, pending updates
+kept), the event ingress (re-queueing events left unprocessed), and uvicorn on `ARIA_WEB_HOST:ARIA_WEB_PORT`. It
+stops in the reverse order on SIGINT/SIGTERM (or when `stop` is set): no new requests, event workers cancelled (their
+events run after the next start), running handlers finished, post_stop and post_shutdown (Aria closed).
+
+The webhook stays registered on shutdown: Telegram keeps the updates that arrive meanwhile and delivers them when the
+server is back. `aria run` without --webhook deletes it when polling starts (python-telegram-bot's bootstrap does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from telegram import Bot
+from telegram.ext import Application
+
+from aria.app import Aria
+from aria.config import Settings, env_name
+from aria.errors import ConfigError
+from aria.events import Deliver, EventIngress
+from aria.telegram.bot import build_application
+from aria.telegram.send import send_text
+from aria.web import build_web_app
+
+log = logging.getLogger(__name__)
+
+ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
+WEBHOOK_PATH = "/telegram"
+_TELEGRAM_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")  # what setWebhook accepts as secret_token
+_GRACE_SECONDS = 10
+
+
+def webhook_config(settings: Settings) -> tuple[str, str]:
+    """The URL to register and the secret token; ConfigError naming each variable that is missing or wrong."""
+    problems = []
+    url, secret_var = settings.webhook_url, env_name("webhook_secret")
+    if not url or not url.startswith("https://"):
+        problems.append(f"{env_name('webhook_url')}: set it to the public https:// address that reaches this server "
+                        f"(Telegram will post to <it>{WEBHOOK_PATH})")
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else ""
+    if not secret:
+        problems.append(f"{secret_var}: set it to a random token; Telegram sends it with every update and requests "
+                        "without it are refused")
+    elif not _TELEGRAM_SECRET.fullmatch(secret):
+        problems.append(f"{secret_var}: use 1-256 characters of A-Z, a-z, 0-9, _ and -")
+    if problems:
+        raise ConfigError(problems)
+    return f"{url}{WEBHOOK_PATH}", secret
+
+
+def bot_sender(bot: Bot) -> Deliver:
+    """Deliver an event run's text straight through the Bot API (the outbox is the retrying alternative)."""
+
+    async def deliver(chat_id: int, text: str) -> None:
+        await send_text(bot, chat_id, text)
+
+    return deliver
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A bound socket for uvicorn, so a port in use is a clear error before anything else starts."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError([f"{env_name('web_host')}/{env_name('web_port')}: cannot listen on {host}:{port} "
+                           f"({exc.strerror})"]) from None
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: serve_webhook decides when to stop, and cleans up first."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve_webhook(aria: Aria, *, deliver: Deliver | None = None, stop: asyncio.Event | None = None,
+                        sock: socket.socket | None = None) -> None:
+    """Serve Telegram updates, /events/<source> and /healthz until SIGINT/SIGTERM or `stop`, then stop cleanly.
+
+    `deliver` sends event outcomes to the owner (default: straight through the Bot API); `sock` is an already bound
+    listening socket (tests, socket activation), else one is bound on ARIA_WEB_HOST:ARIA_WEB_PORT.
+    """
+    url, secret = webhook_config(aria.settings)
+    application = build_application(aria)
+    ingress = EventIngress(aria, deliver or bot_sender(application.bot))
+    config = uvicorn.Config(build_web_app(aria, application, ingress=ingress), lifespan="off", log_config=None,
+                            access_log=False, timeout_graceful_shutdown=_GRACE_SECONDS)
+    server = _Server(config)
+    async with contextlib.AsyncExitStack() as stack:
+        sock = sock or listen(aria.settings.web_host, aria.settings.web_port)
+        stack.callback(sock.close)
+        if stop is None:
+            stop = _stop_on_signals(stack)
+        await application.initialize()
+        stack.push_async_callback(_shut_down, application)
+        if application.post_init is not None:
+            await application.post_init(application)
+        await application.start()
+        stack.push_async_callback(_stop, application)
+        await application.bot.set_webhook(url=url, secret_token=secret, allowed_updates=ALLOWED_UPDATES,
+                                          drop_pending_updates=False)
+        requeued = await ingress.start()
+        stack.push_async_callback(ingress.stop)
+        serving = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
+        stack.push_async_callback(_stop_server, server, serving)
+        log.info("serving the Telegram webhook and events on %s:%s (%d event(s) re-queued)",
+                 *sock.getsockname()[:2], requeued)
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if serving.done():
+            serving.result()  # uvicorn ended on its own: surface why
+
+
+def _stop_on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+            log.debug("cannot handle %s here; stop with the stop event instead", sig.name)
+            continue
+        stack.callback(loop.remove_signal_handler, sig)
+    return stop
+
+
+async def _stop_server(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:
+    server.should_exit = True
+    await serving
+
+
+async def _stop(application: Application) -> None:  # type: ignore[type-arg]
+    await application.stop()
+    if application.post_stop is not None:
+        await application.post_stop(application)
+
+
+async def _shut_down(application: Application) -> None:  # type: ignore[type-arg]
+    await application.shutdown()
+    if application.post_shutdown is not None:
+        await application.post_shutdown(application)
