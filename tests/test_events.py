@@ -17,7 +17,8 @@ from sqlmodel import select
 
 from aria.app import Aria
 from aria.errors import ConfigError
-from aria.events import EventIngress, load_rules
+from aria.event_rules import load_rules
+from aria.events import EventIngress
 from aria.ledger import Event, Run
 from aria.web import build_web_app
 from tests.conftest import OWNER
