@@ -49,8 +49,12 @@ def run(
     chat_if_unconfigured: bool = typer.Option(
         False, "--chat-if-unconfigured", help="Without a Telegram token, explain the set-up and start `aria chat`."
     ),
+    webhook: bool | None = typer.Option(
+        None, "--webhook/--polling",
+        help="Receive updates by webhook (default when ARIA_WEBHOOK_URL is set) or by long polling.",
+    ),
 ) -> None:
-    """Run the Telegram bot (long polling) until SIGINT/SIGTERM."""
+    """Run the Telegram bot until SIGINT/SIGTERM: webhook mode where a public URL exists, else long polling."""
     settings = _settings()
     if settings.telegram_bot_token is None:
         typer.echo(NO_TOKEN, err=True)
@@ -63,13 +67,19 @@ def run(
     except ConfigError as exc:
         typer.echo(f"config error: {exc.problems[0]}", err=True)
         raise typer.Exit(2) from None
-    from aria.telegram.bot import build_application
+    from aria.telegram.webhook import serve, webhook_config
 
-    aria = _build(settings)
-    application = build_application(aria)
-    # run_polling installs SIGINT/SIGTERM handlers and stops gracefully: running handlers finish first,
-    # then post_shutdown closes Aria's clients.
-    application.run_polling(allowed_updates=["message", "edited_message", "callback_query"])
+    use_webhook = bool(settings.webhook_url) if webhook is None else webhook
+    try:
+        if use_webhook:
+            webhook_config(settings)  # a missing URL or secret is a clear error before anything starts
+        aria = _build(settings)
+        # SIGINT/SIGTERM stop it gracefully: running handlers finish, then everything closes in reverse order.
+        asyncio.run(serve(aria, webhook=use_webhook))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(f"config error: {problem}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -14,6 +14,7 @@ from telegram.ext import (
     TypeHandler,
     filters,
 )
+from telegram.request import BaseRequest
 
 from aria.app import Aria
 from aria.telegram import approval_handlers, handlers
@@ -21,15 +22,20 @@ from aria.views import COMMANDS
 
 log = logging.getLogger(__name__)
 CONCURRENT_UPDATES = 8  # other chats and runs go on while one run works
+ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 
 
-def build_application(aria: Aria) -> Application:  # type: ignore[type-arg]
+def build_application(aria: Aria, *,  # type: ignore[type-arg]
+                      get_updates_request: BaseRequest | None = None) -> Application:
     """A ready Application: owner guard first, then commands, buttons and text."""
     settings = aria.settings
     if settings.telegram_bot_token is None:
         raise ValueError("TELEGRAM_BOT_TOKEN is not set")
+    builder = Application.builder()
+    if get_updates_request is not None:
+        builder = builder.get_updates_request(get_updates_request)
     application = (
-        Application.builder()
+        builder
         .token(settings.telegram_bot_token.get_secret_value())
         .base_url(settings.bot_api_base)
         .base_file_url(f"{settings.telegram_api_url}/file/bot")

@@ -1,8 +1,10 @@
-"""Webhook mode: Telegram pushes updates to Aria's ASGI app, so an idle Aria makes no Bot API calls at all.
+"""Running Aria on Telegram: long polling with a watchdog, or webhook mode, where Telegram pushes updates to Aria's
+ASGI app so an idle Aria makes no Bot API calls at all.
 
-`serve_webhook` starts, in order: the Application (initialize, post_init: ledger recovery, commands, scheduler;
+`serve` starts, in order: the Application (initialize, post_init: ledger recovery, commands, scheduler;
 start), the webhook registration (`setWebhook` with the secret token and the allowed update types, pending updates
-kept), the event ingress (re-queueing events left unprocessed), and uvicorn on `ARIA_WEB_HOST:ARIA_WEB_PORT`. It
+kept) or polling, the event ingress (re-queueing events left unprocessed), and uvicorn on `ARIA_WEB_HOST:ARIA_WEB_PORT`
+when there is something to serve. It
 stops in the reverse order on SIGINT/SIGTERM (or when `stop` is set): no new requests, event workers cancelled (their
 events run after the next start), running handlers finished, post_stop and post_shutdown (Aria closed).
 
@@ -28,13 +30,13 @@ from aria.app import Aria
 from aria.config import Settings, env_name
 from aria.errors import ConfigError
 from aria.events import Deliver, EventIngress
-from aria.telegram.bot import build_application
+from aria.telegram.bot import ALLOWED_UPDATES, build_application
 from aria.telegram.send import send_text
+from aria.telegram.watchdog import PollHealth, PollingWatchdog, WatchedRequest
 from aria.web import build_web_app
 
 log = logging.getLogger(__name__)
 
-ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 WEBHOOK_PATH = "/telegram"
 _TELEGRAM_SECRET = re.compile(r"[A-Za-z0-9_-]{1,256}")  # what setWebhook accepts as secret_token
 _GRACE_SECONDS = 10
@@ -88,22 +90,24 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve_webhook(aria: Aria, *, deliver: Deliver | None = None, stop: asyncio.Event | None = None,
-                        sock: socket.socket | None = None) -> None:
-    """Serve Telegram updates, /events/<source> and /healthz until SIGINT/SIGTERM or `stop`, then stop cleanly.
+async def serve(aria: Aria, *, webhook: bool, deliver: Deliver | None = None, stop: asyncio.Event | None = None,
+                sock: socket.socket | None = None) -> None:
+    """Run Aria on Telegram until SIGINT/SIGTERM or `stop`, then stop cleanly in reverse order.
 
-    `deliver` sends event outcomes to the owner (default: straight through the Bot API); `sock` is an already bound
-    listening socket (tests, socket activation), else one is bound on ARIA_WEB_HOST:ARIA_WEB_PORT.
+    Polling mode long-polls with a watchdog that restarts stalled polling; webhook mode registers the webhook and
+    serves `/telegram`. Either way `/events/<source>` and `/healthz` are served when there is a reason to listen
+    (webhook mode, or event secrets configured). `deliver` sends event outcomes to the owner (default: straight
+    through the Bot API); `sock` is an already bound listening socket (tests, socket activation).
     """
-    url, secret = webhook_config(aria.settings)
-    application = build_application(aria)
+    url, secret = webhook_config(aria.settings) if webhook else ("", "")
+    health = None if webhook else PollHealth(aria.ledger)
+    application = build_application(aria, get_updates_request=WatchedRequest(health) if health else None)
     ingress = EventIngress(aria, deliver or bot_sender(application.bot))
-    config = uvicorn.Config(build_web_app(aria, application, ingress=ingress), lifespan="off", log_config=None,
-                            access_log=False, timeout_graceful_shutdown=_GRACE_SECONDS)
-    server = _Server(config)
     async with contextlib.AsyncExitStack() as stack:
-        sock = sock or listen(aria.settings.web_host, aria.settings.web_port)
-        stack.callback(sock.close)
+        listening = webhook or bool(aria.settings.event_secrets)
+        if listening:
+            sock = sock or listen(aria.settings.web_host, aria.settings.web_port)
+            stack.callback(sock.close)
         if stop is None:
             stop = _stop_on_signals(stack)
         await application.initialize()
@@ -112,19 +116,41 @@ async def serve_webhook(aria: Aria, *, deliver: Deliver | None = None, stop: asy
             await application.post_init(application)
         await application.start()
         stack.push_async_callback(_stop, application)
-        await application.bot.set_webhook(url=url, secret_token=secret, allowed_updates=ALLOWED_UPDATES,
-                                          drop_pending_updates=False)
+        if webhook:
+            await application.bot.set_webhook(url=url, secret_token=secret, allowed_updates=ALLOWED_UPDATES,
+                                              drop_pending_updates=False)
+        else:
+            assert health is not None and application.updater is not None
+            watchdog = PollingWatchdog(application, aria.ledger, aria.settings.poll_stall_seconds, health=health,
+                                       allowed_updates=ALLOWED_UPDATES)
+            await watchdog.start_polling()
+            stack.push_async_callback(application.updater.stop)
+            watchdog.schedule()
         requeued = await ingress.start()
         stack.push_async_callback(ingress.stop)
-        serving = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
-        stack.push_async_callback(_stop_server, server, serving)
-        log.info("serving the Telegram webhook and events on %s:%s (%d event(s) re-queued)",
-                 *sock.getsockname()[:2], requeued)
-        stopping = asyncio.create_task(stop.wait())
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        stopping.cancel()
-        if serving.done():
-            serving.result()  # uvicorn ended on its own: surface why
+        tasks = {asyncio.create_task(stop.wait(), name="stop")}
+        if listening and sock is not None:
+            app = build_web_app(aria, application if webhook else None, ingress=ingress)
+            server = _Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
+                                            timeout_graceful_shutdown=_GRACE_SECONDS))
+            serving = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
+            stack.push_async_callback(_stop_server, server, serving)
+            tasks.add(serving)
+            log.info("listening on %s:%s for %s (%d event(s) re-queued)", *sock.getsockname()[:2],
+                     "the Telegram webhook and events" if webhook else "events", requeued)
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            if task.get_name() == "stop":
+                task.cancel()
+        for task in done:
+            if task.get_name() == "uvicorn":
+                task.result()  # uvicorn ended on its own: surface why
+
+
+async def serve_webhook(aria: Aria, *, deliver: Deliver | None = None, stop: asyncio.Event | None = None,
+                        sock: socket.socket | None = None) -> None:
+    """Webhook mode: Telegram pushes updates, so an idle Aria makes no Bot API calls at all."""
+    await serve(aria, webhook=True, deliver=deliver, stop=stop, sock=sock)
 
 
 def _stop_on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:
