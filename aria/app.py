@@ -16,17 +16,20 @@ from aria.agent.gate import Gate
 from aria.agent.loop import Agent
 from aria.agent.state import Request
 from aria.agent.toolrun import ToolRunner
+from aria.alerts import Alerts
 from aria.approvals import Approvals
 from aria.breaker import BreakerBoard
 from aria.clock import Clock, SystemClock
 from aria.config import Settings
 from aria.connectors import Connectors
+from aria.digest import DigestService
 from aria.ledger import Ledger
 from aria.ledger.redact import Redactor
 from aria.llm.budget import Budget
 from aria.llm.client import ModelCaller
 from aria.llm.pricing import PriceBook
 from aria.llm.router import Router
+from aria.outbox import Outbox
 from aria.policy import load_policy
 from aria.scheduler import Scheduler
 from aria.skills import SkillSet, ToolContext, builtin_skills_dir, discover
@@ -52,9 +55,13 @@ class Aria:
     gate: Gate
     approvals: Approvals
     scheduler: Scheduler
+    outbox: Outbox
     started_at: dt.datetime
     version: str = __version__
     on_reminder: ReminderHook | None = None
+    telegram_mode: str = "off"  # set by the channel that runs: polling, webhook
+    digests: DigestService = field(init=False, repr=False)
+    alerts: Alerts = field(init=False, repr=False)
     _openai: openai.AsyncOpenAI | None = field(default=None, repr=False)
 
     @classmethod
@@ -92,7 +99,10 @@ class Aria:
                       policy=policy, context_factory=context)
         aria = cls(settings=settings, ledger=ledger, skills=skills, prices=prices, budget=budget, board=board,
                    connectors=connectors, router=router, caller=caller, agent=agent, gate=gate, approvals=approvals,
-                   scheduler=Scheduler(ledger, settings.tz), started_at=ledger.now(), _openai=client)
+                   scheduler=Scheduler(ledger, settings.tz), outbox=Outbox(ledger), started_at=ledger.now(),
+                   _openai=client)
+        aria.digests = DigestService(aria, aria.outbox)
+        aria.alerts = Alerts(aria, aria.outbox)
         holder["aria"] = aria
         return aria
 

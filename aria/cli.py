@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -122,6 +125,24 @@ def doctor() -> None:
     typer.echo(render(checks))
     if any(c.verdict == "fail" for c in checks):
         raise typer.Exit(1)
+
+
+@app.command()
+def digest(
+    out: Annotated[Path, typer.Option("--out", help="Where to write the chart (PNG).")],
+    day: Annotated[str | None, typer.Option("--day", help="The local day, YYYY-MM-DD (default: today).")] = None,
+) -> None:
+    """Render the daily digest for a day to a PNG and print its text (no Telegram needed)."""
+    try:
+        chosen = dt.date.fromisoformat(day) if day else None
+    except ValueError:
+        typer.echo(f"--day: {day!r} is not a date like 2026-03-01", err=True)
+        raise typer.Exit(2) from None
+    aria = _build(_settings())
+    try:
+        typer.echo(aria.digests.render_to_file(chosen or aria.digests.today(), out))
+    finally:
+        asyncio.run(aria.aclose())
 
 
 @app.command()

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
+from aria.agent.outcome import Outcome
 from aria.agent.state import Request
 from aria.event_rules import Rule, digest, load_rules, render, rule_for
 from aria.ledger import Event, as_utc
@@ -51,7 +52,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Deliver = Callable[[int, str], Awaitable[None]]
+Deliver = Callable[[int, Outcome], Awaitable[None]]  # tells the owner a run's outcome (text and buttons)
 Verdict = Literal["accepted", "duplicate", "refused"]
 
 SIGNATURE_HEADER = "x-aria-signature"
@@ -269,8 +270,9 @@ class EventIngress:
         outcome = await self._aria.agent.run(Request(render(item.source, rule, found, item.event_at, late),
                                                      trigger="event", channel="webhook", chat_id=owner))
         self._finish(item.event_id, outcome.run_id)
+        self._aria.alerts.check()
         if rule.notify and owner is not None:
-            await self._tell(owner, outcome.text, outcome.run_id)
+            await self._tell(owner, outcome)
 
     def _finish(self, event_id: int, run_id: int | None) -> None:
         with self._ledger.write() as session:
@@ -279,9 +281,9 @@ class EventIngress:
                 row.processed_at, row.run_id = self._ledger.now(), run_id
                 session.add(row)
 
-    async def _tell(self, owner: int, text: str, run_id: int | None) -> None:
+    async def _tell(self, owner: int, outcome: Outcome) -> None:
         try:
-            await self._deliver(owner, text)
+            await self._deliver(owner, outcome)
         except Exception as exc:  # the text stays on the run row; one failed delivery must not stop the worker
-            log.exception("could not deliver the outcome of event run %s", run_id)
-            self._ledger.add_failure("events", exc, "reported", run_id=run_id)
+            log.exception("could not deliver the outcome of event run %s", outcome.run_id)
+            self._ledger.add_failure("events", exc, "reported", run_id=outcome.run_id)

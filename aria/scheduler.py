@@ -74,7 +74,8 @@ class Scheduler:
 
     def upcoming(self, limit: int = 5) -> list[tuple[str, dt.datetime]]:
         """The next jobs to run, soonest first."""
-        jobs = [(job.id, job.next_run_time) for job in self.aps.get_jobs() if job.next_run_time is not None]
+        # Jobs added before the scheduler starts have no next run time yet.
+        jobs = [(job.id, when) for job in self.aps.get_jobs() if (when := getattr(job, "next_run_time", None))]
         return sorted(jobs, key=lambda item: item[1])[:limit]
 
     def _add(self, job_id: str, trigger: Any, func: JobFunc, args: tuple[Any, ...], acts: bool) -> None:

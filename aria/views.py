@@ -6,9 +6,9 @@ import datetime as dt
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func
-from sqlmodel import select
+from sqlmodel import col, select
 
-from aria.ledger import MICROS, Approval, Failure, Run
+from aria.ledger import MICROS, Approval, Event, Failure, Run
 
 if TYPE_CHECKING:
     from aria.app import Aria
@@ -17,6 +17,8 @@ COMMANDS: list[tuple[str, str]] = [
     ("help", "what Aria can do"),
     ("status", "health, spend today, circuits"),
     ("skills", "skills and tools; /skills <skill> <shadow|ask|auto> sets autonomy"),
+    ("digest", "today's digest: spend, runs, failures, with a chart"),
+    ("cost", "spend over the last days: /cost [days]"),
     ("approvals", "actions waiting for your approval"),
     ("pause", "stop every risky and scheduled action"),
     ("resume", "let actions run again"),
@@ -62,10 +64,16 @@ def status_text(aria: Aria) -> str:
     local_midnight = dt.datetime.combine(now.astimezone(aria.settings.tz).date(), dt.time(0),
                                          tzinfo=aria.settings.tz).astimezone(dt.UTC)
     with aria.ledger.read() as s:
-        runs = dict(s.exec(select(Run.status, func.count()).where(Run.started_at >= local_midnight)
+        runs = dict(s.exec(select(Run.status, func.count()).where(Run.started_at >= local_midnight,
+                                                                  col(Run.channel) != "scheduler")
                            .group_by(Run.status)).all())
+        jobs = s.exec(select(func.count()).select_from(Run).where(Run.started_at >= local_midnight,
+                                                                  col(Run.channel) == "scheduler")).one()
         failures = s.exec(select(func.count()).select_from(Failure).where(Failure.created_at >= local_midnight)).one()
         pending = s.exec(select(func.count()).select_from(Approval).where(Approval.status == "pending")).one()
+        events = dict(s.exec(select(Event.status, func.count()).where(Event.received_at >= local_midnight,
+                                                                      ~col(Event.source).startswith("telegram"))
+                             .group_by(Event.status)).all())
     spent = aria.budget.day_spent()
     uptime = now - aria.started_at
     endpoint = aria.settings.openai_base_url or ("api.openai.com" if aria.caller else "not configured")
@@ -76,6 +84,7 @@ def status_text(aria: Aria) -> str:
         f"({_share(spent, aria.budget.day_cap)})",
         "Runs today: " + (", ".join(f"{k} {v}" for k, v in sorted(runs.items())) or "none"),
         f"Failures today: {failures}",
+        f"Scheduled jobs run today: {jobs}",
         f"Pending approvals: {pending}",
         "Paused: yes (/resume to lift)" if aria.scheduler.paused() else "Paused: no",
     ]
@@ -89,6 +98,11 @@ def status_text(aria: Aria) -> str:
     calls = aria.connectors.calls_today()
     if calls:
         lines.append("Outbound calls today: " + ", ".join(f"{name} {n}" for name, n in sorted(calls.items())))
+    lines.append(f"Telegram: {aria.telegram_mode}" + (" (no Bot API calls while idle)"
+                                                      if aria.telegram_mode == "webhook" else ""))
+    if events:
+        lines.append("Events today: " + ", ".join(f"{k} {v}" for k, v in sorted(events.items())))
+    lines += [line for line in aria.digests.delivery_lines() if line]
     if aria.skills.broken:
         lines.append("Broken skills: " + ", ".join(b.name for b in aria.skills.broken))
     return "\n".join(lines)

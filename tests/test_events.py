@@ -15,6 +15,7 @@ import httpx
 import pytest
 from sqlmodel import select
 
+from aria.agent.outcome import Outcome
 from aria.app import Aria
 from aria.errors import ConfigError
 from aria.event_rules import load_rules
@@ -34,8 +35,8 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: list[tuple[int, str]] = []
 
-    async def __call__(self, chat_id: int, text: str) -> None:
-        self.messages.append((chat_id, text))
+    async def __call__(self, chat_id: int, outcome: Outcome) -> None:
+        self.messages.append((chat_id, outcome.text))
 
 
 def signed(body: bytes, secret: str = AM_SECRET, timestamp: int | None = None, **extra: str) -> dict[str, str]:
@@ -82,7 +83,7 @@ class Harness:
 
     def runs(self) -> list[Run]:
         with self.aria.ledger.read() as s:
-            return list(s.exec(select(Run).order_by(Run.id)))
+            return list(s.exec(select(Run).where(Run.trigger != "schedule").order_by(Run.id)))
 
 
 @pytest.fixture

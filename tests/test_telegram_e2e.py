@@ -55,7 +55,7 @@ async def test_owner_text_gets_an_answer_and_a_recorded_run(bot: Any, fake_teleg
     await fake_telegram.wait_for("sendMessage", predicate=lambda c: c.params.get("text") == "Disk is fine.")
     assert fake_telegram.calls_to("sendChatAction")[0].params["action"] == "typing"
     with aria.ledger.read() as s:
-        (run,) = s.exec(select(Run)).all()
+        (run,) = s.exec(select(Run).where(Run.trigger != "schedule")).all()
     assert (run.status, run.channel, run.chat_id, run.request) == ("ok", "telegram", OWNER, "how is the disk?")
     assert run.cost_micros > 0
 
@@ -67,7 +67,7 @@ async def test_stranger_gets_nothing_and_costs_nothing(bot: Any, fake_telegram: 
     await fake_telegram.wait_for("sendMessage", predicate=lambda c: str(c.params.get("chat_id")) == str(OWNER))
     assert _texts_to(fake_telegram, STRANGER) == []
     assert fake_openai.completions == []
-    assert _count(aria, Run) == 0
+    assert _count(aria, Run, Run.trigger != "schedule") == 0
     assert _count(aria, Event, Event.status == "refused", Event.user_id == STRANGER) == 1
 
 
@@ -90,7 +90,7 @@ async def test_model_endpoint_down_gives_a_clear_message_and_failure_rows(bot: A
     assert "Retry with strong model" in str(call.params.get("reply_markup"))
     assert _count(aria, Failure, Failure.component == "llm") >= 2
     with aria.ledger.read() as s:
-        (run,) = s.exec(select(Run)).all()
+        (run,) = s.exec(select(Run).where(Run.trigger != "schedule")).all()
     assert run.status == "handoff"
 
 
@@ -113,13 +113,13 @@ async def test_retry_button_reruns_the_request_on_the_strong_model(bot: Any, fak
     fake_telegram.add_message("tricky one", user_id=OWNER)
     (handoff,) = await fake_telegram.wait_for("sendMessage", predicate=lambda c: "I don't know" in c.params["text"])
     with aria.ledger.read() as s:
-        first_run = s.exec(select(Run)).one()
+        first_run = s.exec(select(Run).where(Run.trigger != "schedule")).one()
     fake_telegram.press_button(f"retry:strong:{first_run.id}", user_id=OWNER, message_id=handoff.result["message_id"])
     fake_telegram.press_button(f"retry:strong:{first_run.id}", user_id=OWNER, message_id=handoff.result["message_id"])
     await fake_telegram.wait_for("sendMessage", predicate=lambda c: c.params.get("text") == "Strong answer.")
     answers = await fake_telegram.wait_for("answerCallbackQuery", count=2)
     assert sorted(str(a.params.get("text")) for a in answers) == ["Already retried.", "Retrying…"]
-    assert _count(aria, Run) == 2
+    assert _count(aria, Run, Run.trigger != "schedule") == 2
 
 
 async def test_garbage_and_stranger_button_presses_are_refused_quietly(bot: Any, fake_telegram: Any) -> None:
@@ -130,7 +130,7 @@ async def test_garbage_and_stranger_button_presses_are_refused_quietly(bot: Any,
     answers = await fake_telegram.wait_for("answerCallbackQuery", count=3)
     assert all("not" in str(a.params.get("text")).lower() for a in answers)
     assert _count(aria, Event, Event.user_id == STRANGER) == 1
-    assert _texts_to(fake_telegram, STRANGER) == [] and _count(aria, Run) == 0
+    assert _texts_to(fake_telegram, STRANGER) == [] and _count(aria, Run, Run.trigger != "schedule") == 0
 
 
 async def test_non_text_messages_get_a_plain_explanation(bot: Any, fake_telegram: Any) -> None:
@@ -168,7 +168,7 @@ async def test_stopping_lets_an_in_flight_run_finish(make_aria: MakeAria, fake_t
     await application.stop()  # what SIGTERM triggers in run_polling
     await application.shutdown()
     with aria.ledger.read() as s:
-        (run,) = s.exec(select(Run)).all()
+        (run,) = s.exec(select(Run).where(Run.trigger != "schedule")).all()
     assert run.status == "ok" and run.ended_at is not None
     assert fake_telegram.sent_texts(OWNER)[-1] == "OK."
 
@@ -186,7 +186,7 @@ async def test_a_cancelled_run_is_marked_interrupted(make_aria: MakeAria, fake_o
     with pytest.raises(asyncio.CancelledError):
         await task
     with aria.ledger.read() as s:
-        (run,) = s.exec(select(Run)).all()
+        (run,) = s.exec(select(Run).where(Run.trigger != "schedule")).all()
         (spend,) = s.exec(select(Spend)).all()
     assert (run.status, run.stop_reason) == ("interrupted", "interrupted")
     # The call may have been billed: its worst case stays counted, marked as an estimate.

@@ -43,7 +43,7 @@ class Served:
 
     def runs(self) -> list[Run]:
         with self.aria.ledger.read() as s:
-            return list(s.exec(select(Run)))
+            return list(s.exec(select(Run).where(Run.trigger != "schedule")))
 
 
 def webhook_settings(fake_telegram: Any) -> dict[str, Any]:

@@ -69,8 +69,16 @@ async def resume_and_reply(aria: Aria, bot: Bot, approval: Approval) -> Outcome:
 
 
 async def deliver_outcome(aria: Aria, progress: ProgressMessage, outcome: Outcome) -> None:
-    """Send a run's final message; a new approval request remembers its message and gets its expiry job."""
-    message = await progress.finish(outcome)
+    """Send a run's final message (to the outbox if Telegram won't take it now); a new approval request remembers
+    its message and gets its expiry job; budget alerts are checked now that the run's spend is settled."""
+    try:
+        message = await progress.finish(outcome)
+    except TelegramError as exc:
+        aria.ledger.add_failure("telegram", exc, "retried", run_id=outcome.run_id)
+        aria.outbox.enqueue(progress.chat_id, outcome.text, actions=outcome.actions, purpose="answer",
+                            run_id=outcome.run_id)
+        message = None
+    aria.alerts.check()
     if outcome.approval_id is None:
         return
     if message is not None:

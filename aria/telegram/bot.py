@@ -17,12 +17,15 @@ from telegram.ext import (
 from telegram.request import BaseRequest
 
 from aria.app import Aria
+from aria.jobs import restore_reminders, schedule_reminder
+from aria.outbox import OutboxSender
 from aria.telegram import approval_handlers, handlers
 from aria.views import COMMANDS
 
 log = logging.getLogger(__name__)
 CONCURRENT_UPDATES = 8  # other chats and runs go on while one run works
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
+SENDER = "outbox_sender"
 
 
 def build_application(aria: Aria, *,  # type: ignore[type-arg]
@@ -51,6 +54,8 @@ def build_application(aria: Aria, *,  # type: ignore[type-arg]
     application.add_handler(CommandHandler(["start", "help"], handlers.start))
     application.add_handler(CommandHandler("skills", handlers.skills))
     application.add_handler(CommandHandler("status", handlers.status))
+    application.add_handler(CommandHandler("digest", handlers.digest))
+    application.add_handler(CommandHandler("cost", handlers.cost))
     application.add_handler(CommandHandler("approvals", approval_handlers.list_approvals))
     application.add_handler(CommandHandler("pause", handlers.pause))
     application.add_handler(CommandHandler("resume", handlers.resume))
@@ -72,20 +77,31 @@ async def _post_init(application: Application) -> None:  # type: ignore[type-arg
     for stuck in aria.approvals.recover_interrupted():
         log.warning("approval %s was executing when the process stopped; marked failed, not re-run", stuck.id)
     await application.bot.set_my_commands([BotCommand(name, about) for name, about in COMMANDS])
+    sender = OutboxSender(aria.outbox, application.bot, aria.ledger)
+    application.bot_data[SENDER] = sender
     schedule_jobs(aria, application.bot)
     aria.scheduler.start()
+    await sender.start()
     await approval_handlers.expire_due(aria, application.bot)
 
 
 def schedule_jobs(aria: Aria, bot: Bot) -> None:
-    """Jobs restored from the ledger; ids are fixed so a restart replaces rather than duplicates them."""
+    """Jobs restored from the ledger (approval expiries, reminders) and the daily digest; ids are fixed so a
+    restart replaces rather than duplicates them. Nothing here polls: each job runs when it is due."""
     for approval in aria.approvals.pending():
         approval_handlers.schedule_expiry(aria, bot, approval)
+    aria.on_reminder = lambda reminder_id, due_at: schedule_reminder(aria, aria.outbox, reminder_id, due_at)
+    restore_reminders(aria, aria.outbox)
+    aria.digests.schedule(aria.scheduler)
 
 
 async def _post_stop(application: Application) -> None:  # type: ignore[type-arg]
     # Handlers have finished by now; anything still marked running did not, and says so.
     aria: Aria = application.bot_data["aria"]
+    sender: OutboxSender | None = application.bot_data.get(SENDER)
+    if sender is not None:
+        await sender.stop()
+    aria.scheduler.shutdown()
     aria.ledger.mark_interrupted()
 
 

@@ -16,6 +16,7 @@ from aria.telegram.send import send_text
 from aria.views import help_text, set_autonomy, skills_text, status_text
 
 log = logging.getLogger(__name__)
+COST_MAX_DAYS = 90
 
 
 def _aria(context: ContextTypes.DEFAULT_TYPE) -> Aria:
@@ -56,6 +57,26 @@ async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Show health, today's spend and circuits."""
     assert update.effective_chat is not None
     await send_text(context.bot, update.effective_chat.id, status_text(_aria(context)))
+
+
+async def digest(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/digest: today's digest now (chart and figures), through the outbox like the scheduled one."""
+    assert update.effective_chat is not None
+    aria = _aria(context)
+    composed = await aria.digests.compose()
+    aria.outbox.enqueue(update.effective_chat.id, composed.text, photo=composed.png, purpose="digest")
+
+
+async def cost(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """/cost [days]: spend over the last days (default 7, at most 90), chart and figures."""
+    assert update.effective_chat is not None
+    aria = _aria(context)
+    days = context.args[0] if context.args else "7"
+    if not days.isdigit() or not 1 <= int(days) <= COST_MAX_DAYS:
+        await send_text(context.bot, update.effective_chat.id, f"Usage: /cost [days], 1 to {COST_MAX_DAYS}")
+        return
+    composed = await aria.digests.cost(int(days))
+    aria.outbox.enqueue(update.effective_chat.id, composed.text, photo=composed.png, purpose="digest")
 
 
 async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

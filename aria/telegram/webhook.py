@@ -23,15 +23,15 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
-from telegram import Bot
 from telegram.ext import Application
 
+from aria.agent.outcome import Outcome
 from aria.app import Aria
 from aria.config import Settings, env_name
 from aria.errors import ConfigError
 from aria.events import Deliver, EventIngress
+from aria.outbox import Outbox
 from aria.telegram.bot import ALLOWED_UPDATES, build_application
-from aria.telegram.send import send_text
 from aria.telegram.watchdog import PollHealth, PollingWatchdog, WatchedRequest
 from aria.web import build_web_app
 
@@ -60,11 +60,11 @@ def webhook_config(settings: Settings) -> tuple[str, str]:
     return f"{url}{WEBHOOK_PATH}", secret
 
 
-def bot_sender(bot: Bot) -> Deliver:
-    """Deliver an event run's text straight through the Bot API (the outbox is the retrying alternative)."""
+def outbox_sender(outbox: Outbox) -> Deliver:
+    """Deliver an event run's outcome through the outbox: retried until Telegram takes it, buttons included."""
 
-    async def deliver(chat_id: int, text: str) -> None:
-        await send_text(bot, chat_id, text)
+    async def deliver(chat_id: int, outcome: Outcome) -> None:
+        outbox.enqueue(chat_id, outcome.text, actions=outcome.actions, purpose="event", run_id=outcome.run_id)
 
     return deliver
 
@@ -96,13 +96,14 @@ async def serve(aria: Aria, *, webhook: bool, deliver: Deliver | None = None, st
 
     Polling mode long-polls with a watchdog that restarts stalled polling; webhook mode registers the webhook and
     serves `/telegram`. Either way `/events/<source>` and `/healthz` are served when there is a reason to listen
-    (webhook mode, or event secrets configured). `deliver` sends event outcomes to the owner (default: straight
-    through the Bot API); `sock` is an already bound listening socket (tests, socket activation).
+    (webhook mode, or event secrets configured). `deliver` sends event outcomes to the owner (default: through the
+    outbox); `sock` is an already bound listening socket (tests, socket activation).
     """
     url, secret = webhook_config(aria.settings) if webhook else ("", "")
+    aria.telegram_mode = "webhook" if webhook else "polling"
     health = None if webhook else PollHealth(aria.ledger)
     application = build_application(aria, get_updates_request=WatchedRequest(health) if health else None)
-    ingress = EventIngress(aria, deliver or bot_sender(application.bot))
+    ingress = EventIngress(aria, deliver or outbox_sender(aria.outbox))
     async with contextlib.AsyncExitStack() as stack:
         listening = webhook or bool(aria.settings.event_secrets)
         if listening:
