@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, update
+from sqlalchemy import Connection, Engine, Table, Update, bindparam, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlmodel import Session, SQLModel, col, select
 
 from aria.clock import Clock, SystemClock
 from aria.ledger.db import create_ledger_engine
@@ -17,6 +19,15 @@ from aria.ledger.models import Event, Failure, KeyValue, Run, Spend, Step
 from aria.ledger.redact import Redactor
 
 SHORT = 500  # characters of a tool result kept on a step row
+_RUNS: Table = Run.__table__  # type: ignore[attr-defined]
+# Built once, with bound parameters: constructing a statement costs several times what SQLite takes to run it.
+_COUNT_STEP = _RUNS.update().where(_RUNS.c.id == bindparam("row_id")).values(steps=_RUNS.c.steps + 1)
+
+
+@cache
+def _update_by_id(table: Table) -> Update:
+    # No .values(): the SET clause is made from the keys passed with each execution.
+    return table.update().where(table.c.id == bindparam("row_id"))
 
 
 def as_utc(when: dt.datetime) -> dt.datetime:
@@ -58,31 +69,59 @@ class Ledger:
         with Session(self.engine) as session:
             yield session
 
+    # The hot path of every turn (run, step, reservation, settlement) writes through these Core-level twins of
+    # write() and read(): the ORM's unit of work costs more than the SQLite statements it issues.
+
+    @contextmanager
+    def write_conn(self) -> Iterator[Connection]:
+        """Like write(), at the Core level: a transaction holding SQLite's write lock from its first statement."""
+        with self.engine.connect().execution_options(immediate=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def read_conn(self) -> Iterator[Connection]:
+        """Like read(), at the Core level."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    @staticmethod
+    def insert_row(conn: Connection, row: SQLModel) -> int:
+        """Insert a table model's row as the ORM would (every column, an unset id left to SQLite); sets the id on
+        `row` and returns it."""
+        table: Table = row.__table__  # type: ignore[attr-defined]
+        values: dict[str, Any] = {column.key: getattr(row, column.key) for column in table.columns}
+        if values.get("id") is None:
+            values.pop("id", None)
+        new_id = int(conn.execute(table.insert(), values).inserted_primary_key[0])
+        row.id = new_id  # type: ignore[attr-defined]
+        return new_id
+
+    @staticmethod
+    def update_row(conn: Connection, model: type[SQLModel], row_id: int, values: dict[str, Any]) -> int:
+        """Set columns of one row, by id; returns how many rows changed (0 or 1)."""
+        table: Table = model.__table__  # type: ignore[attr-defined]
+        return int(conn.execute(_update_by_id(table), {"row_id": row_id, **values}).rowcount)
+
     # runs -------------------------------------------------------------------------------------------------
 
     def start_run(self, run: Run) -> int:
         """Insert a run in state `running`; returns its id."""
         run.request = self.redact(run.request) or ""
         run.started_at = run.started_at or self.now()
-        with self.write() as s:
-            s.add(run)
-            s.flush()
-            assert run.id is not None
-            return run.id
+        with self.write_conn() as conn:
+            return self.insert_row(conn, run)
 
     def finish_run(self, run_id: int, status: str, *, stop_reason: str | None = None, final_text: str | None = None,
                    route: str | None = None, model: str | None = None) -> None:
         """Close a run with its outcome; totals come from its spend and step rows."""
-        with self.write() as s:
-            run = s.get(Run, run_id)
-            if run is None:
-                return
-            run.status, run.stop_reason = status, stop_reason
-            run.final_text = self.redact(final_text)
-            run.route = route or run.route
-            run.model = model or run.model
-            run.ended_at = self.now()
-            s.add(run)
+        values: dict[str, Any] = {"status": status, "stop_reason": stop_reason, "final_text": self.redact(final_text),
+                                  "ended_at": self.now()}
+        if route:  # an empty route or model keeps what the run already has
+            values["route"] = route
+        if model:
+            values["model"] = model
+        with self.write_conn() as conn:
+            self.update_row(conn, Run, run_id, values)
 
     def mark_interrupted(self) -> int:
         """At start-up: runs a previous process left `running` are marked `interrupted`, and their open
@@ -108,12 +147,10 @@ class Ledger:
         step.args = self.redact(step.args)
         step.result = (self.redact(step.result) or "")[:SHORT] if step.result is not None else None
         step.started_at = step.started_at or self.now()
-        with self.write() as s:
-            s.add(step)
-            s.execute(update(Run).where(Run.id == step.run_id).values(steps=Run.steps + 1))
-            s.flush()
-            assert step.id is not None
-            return step.id
+        with self.write_conn() as conn:
+            step_id = self.insert_row(conn, step)
+            conn.execute(_COUNT_STEP, {"row_id": step.run_id})
+            return step_id
 
     def add_failure(self, component: str, error: BaseException | str, handling: str, *,
                     run_id: int | None = None, step_id: int | None = None) -> int:

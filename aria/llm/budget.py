@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, func
-from sqlmodel import Session, select
+from sqlalchemy import Connection, bindparam, case, func
+from sqlmodel import col, select
 
 from aria.errors import BudgetExhausted
 from aria.ledger import Ledger, Run, Spend, usd_to_micros
@@ -29,6 +29,17 @@ _COUNTED = case((Spend.status == "reserved", Spend.reserved_micros), (Spend.stat
                 else_=0)
 _TOKENS = case((Spend.status == "reserved", Spend.reserved_tokens),
                (Spend.status == "settled", Spend.prompt_tokens + Spend.completion_tokens), else_=0)
+# Built once, with bound parameters: every reservation runs the two sums, every settlement the run's totals, and
+# constructing a statement costs several times what SQLite takes to run it.
+_RUNS = Run.__table__  # type: ignore[attr-defined]
+_ADD_TO_RUN = _RUNS.update().where(_RUNS.c.id == bindparam("row_id")).values(
+    prompt_tokens=_RUNS.c.prompt_tokens + bindparam("add_prompt"),
+    completion_tokens=_RUNS.c.completion_tokens + bindparam("add_completion"),
+    cost_micros=_RUNS.c.cost_micros + bindparam("add_cost"), model=bindparam("last_model"),
+)
+_RUN_TOTALS = select(func.coalesce(func.sum(_COUNTED), 0), func.coalesce(func.sum(_TOKENS), 0)).where(
+    col(Spend.run_id) == bindparam("run_id"))
+_DAY_TOTAL = select(func.coalesce(func.sum(_COUNTED), 0)).where(col(Spend.day) == bindparam("day"))
 
 
 @dataclass(frozen=True)
@@ -84,24 +95,18 @@ class Budget:
 
     def day_spent(self, day: str | None = None) -> int:
         """Micro-dollars counted against a day (reservations included)."""
-        with self.ledger.read() as s:
-            return int(s.exec(select(func.coalesce(func.sum(_COUNTED), 0)).where(Spend.day == (day or self.today())))
-                       .one())
+        with self.ledger.read_conn() as conn:
+            return int(conn.execute(_DAY_TOTAL, {"day": day or self.today()}).scalar_one())
 
     def remaining(self, run_id: int, caps: Caps) -> Remaining:
         """What this run may still spend, in dollars and tokens."""
-        with self.ledger.read() as s:
-            return self._remaining(s, run_id, caps)
+        with self.ledger.read_conn() as conn:
+            return self._remaining(conn, run_id, caps, self.today())
 
-    def _remaining(self, s: Session, run_id: int, caps: Caps) -> Remaining:
-        run_micros, run_tokens = s.exec(
-            select(func.coalesce(func.sum(_COUNTED), 0), func.coalesce(func.sum(_TOKENS), 0))
-            .where(Spend.run_id == run_id)
-        ).one()
-        day = s.exec(
-            select(func.coalesce(func.sum(_COUNTED), 0)).where(Spend.day == self.today())
-        ).one()
-        return Remaining(run_micros=caps.micros - int(run_micros), day_micros=self.day_cap - int(day),
+    def _remaining(self, conn: Connection, run_id: int, caps: Caps, day: str) -> Remaining:
+        run_micros, run_tokens = conn.execute(_RUN_TOTALS, {"run_id": run_id}).one()
+        day_micros = conn.execute(_DAY_TOTAL, {"day": day}).scalar_one()
+        return Remaining(run_micros=caps.micros - int(run_micros), day_micros=self.day_cap - int(day_micros),
                          tokens=caps.tokens - int(run_tokens))
 
     def reserve(self, run_id: int, caps: Caps, model: str, prompt_upper: int, *, want: int,
@@ -111,46 +116,43 @@ class Budget:
         Raises BudgetExhausted when fewer than `minimum` output tokens would fit, and PriceUnknown for an
         unpriced model (before anything is written).
         """
-        self.prices.source(model)
-        with self.ledger.write() as s:
-            left = self._remaining(s, run_id, caps)
+        source = self.prices.source(model)
+        day = self.today()
+        # The check of what is left and the insert of the reservation share one IMMEDIATE transaction.
+        with self.ledger.write_conn() as conn:
+            left = self._remaining(conn, run_id, caps, day)
             by_tokens = left.tokens - prompt_upper
-            by_money = self.prices.fit_max_tokens(model, prompt_upper, left.micros, max(0, min(want, by_tokens)))
+            by_money, fitted_micros = self.prices.fit(model, prompt_upper, left.micros, max(0, min(want, by_tokens)))
             max_tokens = min(want, by_tokens, by_money)
             if max_tokens < minimum:
                 binding = "day" if left.day_micros <= left.run_micros else "run"
                 if by_tokens < minimum:
                     binding = "tokens"
                 raise BudgetExhausted(binding, _explain(binding, left, prompt_upper, minimum))
-            micros = self.prices.worst_case_micros(model, prompt_upper, max_tokens)
+            micros = fitted_micros if max_tokens == by_money else self.prices.worst_case_micros(
+                model, prompt_upper, max_tokens)
             row = Spend(run_id=run_id, provider=self.provider, model=model, status="reserved",
                         reserved_tokens=prompt_upper + max_tokens, reserved_micros=micros,
-                        price_source=self.prices.source(model), day=self.today(), created_at=self.ledger.now())
-            s.add(row)
-            s.flush()
-            assert row.id is not None
-            return Reservation(row.id, run_id, model, prompt_upper, max_tokens, micros)
+                        price_source=source, day=day, created_at=self.ledger.now())
+            spend_id = self.ledger.insert_row(conn, row)
+            return Reservation(spend_id, run_id, model, prompt_upper, max_tokens, micros)
 
     def settle(self, reservation: Reservation, tokens: TokenCounts, *, step_id: int | None = None,
                raw_usage: dict[str, object] | None = None) -> int:
         """Replace a reservation with the priced usage; returns the cost in micro-dollars."""
         cost = self.prices.cost_micros(reservation.model, tokens)
-        with self.ledger.write() as s:
-            row = s.get(Spend, reservation.spend_id)
-            assert row is not None
-            row.status, row.step_id, row.cost_micros = "settled", step_id, cost
-            row.prompt_tokens, row.completion_tokens = tokens.prompt, tokens.completion
-            row.cached_tokens, row.reasoning_tokens = tokens.cached, tokens.reasoning
-            row.usage_json = json.dumps(raw_usage, default=str) if raw_usage is not None else None
-            row.settled_at = self.ledger.now()
-            s.add(row)
-            run = s.get(Run, reservation.run_id)
-            if run is not None:
-                run.prompt_tokens += tokens.prompt
-                run.completion_tokens += tokens.completion
-                run.cost_micros += cost
-                run.model = reservation.model
-                s.add(run)
+        settled = {
+            "status": "settled", "step_id": step_id, "cost_micros": cost, "prompt_tokens": tokens.prompt,
+            "completion_tokens": tokens.completion, "cached_tokens": tokens.cached,
+            "reasoning_tokens": tokens.reasoning, "settled_at": self.ledger.now(),
+            "usage_json": json.dumps(raw_usage, default=str) if raw_usage is not None else None,
+        }
+        with self.ledger.write_conn() as conn:
+            found = self.ledger.update_row(conn, Spend, reservation.spend_id, settled)
+            assert found == 1, f"no reservation {reservation.spend_id}"  # raised inside: the transaction rolls back
+            conn.execute(_ADD_TO_RUN, {"row_id": reservation.run_id, "add_prompt": tokens.prompt,
+                                       "add_completion": tokens.completion, "add_cost": cost,
+                                       "last_model": reservation.model})
         return cost
 
     def release(self, reservation: Reservation, *, billed_unknown: bool = False, step_id: int | None = None) -> None:

@@ -51,12 +51,17 @@ class PriceBook:
     def __init__(self, overrides_file: Path | None = None, *, provider_id: str | None = None) -> None:
         self.provider_id = provider_id
         self.overrides = load_overrides(overrides_file) if overrides_file else {}
+        # Models the table has priced once. Its data is the snapshot bundled with the package, fixed for the life
+        # of the process, so such a model stays priced; an unknown model is looked up again each time (fails closed).
+        self._table_priced: set[str] = set()
 
     def source(self, model: str) -> PriceSource:
         """Where this model's price comes from; raises PriceUnknown when nowhere."""
         if model in self.overrides:
             return "override"
-        self._dollars(model, TokenCounts(prompt=1))
+        if model not in self._table_priced:
+            self._dollars(model, TokenCounts(prompt=1))
+            self._table_priced.add(model)
         return "genai-prices"
 
     def is_known(self, model: str) -> bool:
@@ -78,18 +83,46 @@ class PriceBook:
 
     def fit_max_tokens(self, model: str, prompt_upper: int, budget_micros: int, ceiling: int) -> int:
         """The largest max_tokens (≤ ceiling) whose worst case fits in budget_micros; 0 when none does."""
-        if self.worst_case_micros(model, prompt_upper, 0) > budget_micros:
-            return 0
-        if self.worst_case_micros(model, prompt_upper, ceiling) <= budget_micros:
-            return ceiling
-        low, high = 0, ceiling  # cost is monotonic in output tokens: bisect for the exact fit
+        return self.fit(model, prompt_upper, budget_micros, ceiling)[0]
+
+    def fit(self, model: str, prompt_upper: int, budget_micros: int, ceiling: int) -> tuple[int, int]:
+        """fit_max_tokens, with the worst case of the tokens it returns (so a reservation need not price it again).
+
+        Cost is monotonic in output tokens, so when the ceiling fits nothing smaller needs pricing.
+        """
+        top = self._dollars(model, TokenCounts(prompt=prompt_upper, completion=ceiling))
+        if math.ceil(top * _MICROS) <= budget_micros:
+            return ceiling, math.ceil(top * _MICROS)
+        bottom = self._dollars(model, TokenCounts(prompt=prompt_upper))
+        if math.ceil(bottom * _MICROS) > budget_micros:
+            return 0, math.ceil(bottom * _MICROS)
+        solved = self._solve(model, prompt_upper, budget_micros, ceiling, (top - bottom) / ceiling, bottom)
+        if solved is not None:
+            return solved
+        low, high = 0, ceiling  # bisect for the exact fit
         while low < high:
             mid = (low + high + 1) // 2
             if self.worst_case_micros(model, prompt_upper, mid) <= budget_micros:
                 low = mid
             else:
                 high = mid - 1
-        return low
+        return low, self.worst_case_micros(model, prompt_upper, low)
+
+    def _solve(self, model: str, prompt_upper: int, budget_micros: int, ceiling: int, rate: Decimal,
+               base: Decimal) -> tuple[int, int] | None:
+        """The fit solved from the output rate, confirmed by pricing it and one token more; None if unconfirmed.
+
+        For a given prompt every output token costs the same, so the answer can be solved for rather than bisected
+        (four price look-ups instead of a dozen when a cap binds); the confirmation makes the result exactly the
+        bisection's, whatever the price table holds.
+        """
+        if rate <= 0:
+            return None
+        guess = min(ceiling - 1, max(0, int((Decimal(budget_micros) / _MICROS - base) / rate)))
+        cost = self.worst_case_micros(model, prompt_upper, guess)
+        if cost <= budget_micros < self.worst_case_micros(model, prompt_upper, guess + 1):
+            return guess, cost
+        return None
 
     def _dollars(self, model: str, tokens: TokenCounts) -> Decimal:
         override = self.overrides.get(model)

@@ -1,0 +1,78 @@
+"""Every benchmark still runs, at a tiny size. Nothing here looks at speed or memory: machines are noisy.
+
+The ledger-at-a-year benchmark has its own smoke test (tests/test_bench_ledger.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench import __main__ as runner
+from bench import budget_precision, memory, startup, telegram_turn, turn
+
+
+def test_telegram_turn_times_the_floor_and_both_ways_of_chatting_with_aria() -> None:
+    report = telegram_turn.main(["--turns", "4"])
+    assert "| floor (PTB + openai, nothing else) |" in report
+    assert "| Aria, one chat (with history) |" in report
+    assert "| Aria, a new chat each turn |" in report
+
+
+def test_fixed_context_reports_the_hello_prompt_and_the_loop_against_a_bare_call() -> None:
+    report = turn.main(["--turns", "3"])
+    assert "prompt tokens for 'hello'" in report
+    assert "prompt tokens for a one-tool request" in report
+    assert "one bare openai call" in report
+
+
+def test_memory_reads_both_processes_at_every_checkpoint() -> None:
+    report = memory.main(["--turns", "20", "--checkpoint", "10", "--bot-turns", "2"])
+    assert "`aria run` RSS at start" in report
+    assert "`aria chat` RSS after 10 turns" in report
+    assert "`aria chat` RSS after 20 turns" in report
+    assert "growth after warm-up" in report
+
+
+def test_startup_times_aria_run_to_its_first_answer_and_lists_deferred_imports() -> None:
+    report = startup.main(["--starts", "2"])
+    assert "`aria run` to first answer, new database" in report
+    assert "heavy imports deferred" in report
+    assert "matplotlib" in report
+
+
+def test_budget_precision_never_overshoots_and_the_baseline_is_computed() -> None:
+    report = budget_precision.main(["--runs", "12", "--per-day", "6"])
+    rows = {line.split(" | ")[0].strip("| "): line for line in report.splitlines() if line.startswith("| ")}
+    # The one figure the benchmark exists to show is a guarantee, not a speed: it is checked.
+    assert "$0.000000 (0% of the cap), 0 over |" in rows["largest overshoot of a run's cap"]
+    assert "$0.000000 (0% of the cap), 0 over |" in rows["largest overshoot of a day's cap"]
+    assert "baseline: check after each call" in report
+
+
+def test_runner_writes_the_chosen_sections_with_machine_and_date(tmp_path: Path) -> None:
+    out = runner.main(["context", "--quick", "--out", str(tmp_path / "results.md")])
+    text = out.read_text()
+    assert text.startswith("# Benchmarks")
+    assert "Python 3." in text and "CPUs" in text
+    assert "## 2. Fixed context" in text
+    assert "## 1. Turn overhead" not in text
+
+
+def test_runner_reports_a_benchmark_whose_module_is_missing() -> None:
+    missing = runner.Bench("later", "9. Later", "bench.not_written_yet")
+    assert runner.run_one(missing, quick=True) == "## 9. Later\n\nNot run: `bench/not_written_yet.py` is not there yet."
+
+
+def test_runner_refuses_unknown_names() -> None:
+    with pytest.raises(SystemExit):
+        runner.main(["nonsense"])
+
+
+def test_runner_keeps_the_sections_it_did_not_run() -> None:
+    previous = "# Benchmarks\n\nold header\n\n## 2. Fixed context, and the agent loop alone\n\nold context\n\n" \
+               "## 7. Budget precision\n\nold budget\n"
+    sections = runner.merged(previous, {"7. Budget precision": "## 7. Budget precision\n\nnew budget"})
+    assert sections == ["## 2. Fixed context, and the agent loop alone\n\nold context",
+                        "## 7. Budget precision\n\nnew budget"]
