@@ -43,7 +43,7 @@ BENCHES = (
     Bench("memory", "4. Memory and leaks", "bench.memory",
           quick=("--turns", "600", "--checkpoint", "100", "--bot-turns", "30")),
     Bench("startup", "5. Start-up", "bench.startup", quick=("--starts", "2")),
-    Bench("idle", "6. Idle calls, polling vs webhook", "bench.idle"),
+    Bench("idle", "6. Idle calls, polling vs webhook", "bench.idle", quick=("--window", "5")),
     Bench("budget", "7. Budget precision", "bench.budget_precision", quick=("--runs", "100", "--per-day", "25")),
 )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as runner
-from bench import budget_precision, memory, startup, telegram_turn, turn
+from bench import budget_precision, idle, memory, startup, telegram_turn, turn
 
 
 def test_telegram_turn_times_the_floor_and_both_ways_of_chatting_with_aria() -> None:
@@ -49,6 +49,13 @@ def test_budget_precision_never_overshoots_and_the_baseline_is_computed() -> Non
     assert "$0.000000 (0% of the cap), 0 over |" in rows["largest overshoot of a run's cap"]
     assert "$0.000000 (0% of the cap), 0 over |" in rows["largest overshoot of a day's cap"]
     assert "baseline: check after each call" in report
+
+
+def test_idle_counts_calls_in_both_modes_and_for_the_naive_poller() -> None:
+    report = idle.main(["--window", "1.5"])
+    assert "Aria, webhook: Bot API calls per 10 min / per hour | 0 / 0 |" in report
+    assert "| Aria, model calls while idle (polling / webhook) | 0 / 0 |" in report
+    assert "baseline, naive 1 s poller" in report
 
 
 def test_runner_writes_the_chosen_sections_with_machine_and_date(tmp_path: Path) -> None:

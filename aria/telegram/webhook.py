@@ -21,8 +21,8 @@ import re
 import signal
 import socket
 from collections.abc import Iterator
+from typing import Any
 
-import uvicorn
 from telegram.ext import Application
 
 from aria.agent.outcome import Outcome
@@ -32,8 +32,7 @@ from aria.errors import ConfigError
 from aria.events import Deliver, EventIngress
 from aria.outbox import Outbox
 from aria.telegram.bot import ALLOWED_UPDATES, build_application
-from aria.telegram.watchdog import PollHealth, PollingWatchdog, WatchedRequest
-from aria.web import build_web_app
+from aria.telegram.watchdog import DEFAULT_POLL_TIMEOUT, PollHealth, PollingWatchdog, WatchedRequest
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +81,29 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: serve_webhook decides when to stop, and cleans up first."""
+def _server(app: Any) -> Any:
+    """uvicorn without its own signal handling (serve decides when to stop, and cleans up first); imported here so
+    polling mode without events never loads the web stack."""
+    import uvicorn
 
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
+                                 timeout_graceful_shutdown=_GRACE_SECONDS))
 
 
 async def serve(aria: Aria, *, webhook: bool, deliver: Deliver | None = None, stop: asyncio.Event | None = None,
-                sock: socket.socket | None = None) -> None:
+                sock: socket.socket | None = None, poll_timeout: int = DEFAULT_POLL_TIMEOUT) -> None:
     """Run Aria on Telegram until SIGINT/SIGTERM or `stop`, then stop cleanly in reverse order.
 
     Polling mode long-polls with a watchdog that restarts stalled polling; webhook mode registers the webhook and
     serves `/telegram`. Either way `/events/<source>` and `/healthz` are served when there is a reason to listen
     (webhook mode, or event secrets configured). `deliver` sends event outcomes to the owner (default: through the
-    outbox); `sock` is an already bound listening socket (tests, socket activation).
+    outbox); `sock` is an already bound listening socket (tests, socket activation); `poll_timeout` is how long
+    Telegram holds an idle getUpdates.
     """
     url, secret = webhook_config(aria.settings) if webhook else ("", "")
     aria.telegram_mode = "webhook" if webhook else "polling"
@@ -123,7 +129,7 @@ async def serve(aria: Aria, *, webhook: bool, deliver: Deliver | None = None, st
         else:
             assert health is not None and application.updater is not None
             watchdog = PollingWatchdog(application, aria.ledger, aria.settings.poll_stall_seconds, health=health,
-                                       allowed_updates=ALLOWED_UPDATES)
+                                       allowed_updates=ALLOWED_UPDATES, timeout=poll_timeout)
             await watchdog.start_polling()
             stack.push_async_callback(application.updater.stop)
             watchdog.schedule()
@@ -131,9 +137,9 @@ async def serve(aria: Aria, *, webhook: bool, deliver: Deliver | None = None, st
         stack.push_async_callback(ingress.stop)
         tasks = {asyncio.create_task(stop.wait(), name="stop")}
         if listening and sock is not None:
-            app = build_web_app(aria, application if webhook else None, ingress=ingress)
-            server = _Server(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
-                                            timeout_graceful_shutdown=_GRACE_SECONDS))
+            from aria.web import build_web_app  # the web stack loads only when there is something to serve
+
+            server = _server(build_web_app(aria, application if webhook else None, ingress=ingress))
             serving = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
             stack.push_async_callback(_stop_server, server, serving)
             tasks.add(serving)
@@ -167,7 +173,7 @@ def _stop_on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:
     return stop
 
 
-async def _stop_server(server: uvicorn.Server, serving: asyncio.Task[None]) -> None:
+async def _stop_server(server: Any, serving: asyncio.Task[None]) -> None:
     server.should_exit = True
     await serving
 
