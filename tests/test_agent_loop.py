@@ -327,3 +327,18 @@ async def test_unpriced_model_is_refused_before_any_call_and_flagged(make_aria: 
     prices.write_text('[models."my-llama"]\ninput = 0.0\noutput = 0.0\n')
     priced = make_aria(model_cheap="my-llama", model_strong="my-llama", prices_file=prices)
     assert (await priced.agent.run(Request("hello"))).text == "OK."
+
+
+async def test_malformed_and_failing_responses_are_retried_as_their_own_attempts(make_aria: MakeAria,
+                                                                                 fake_openai: Any) -> None:
+    fake_openai.enqueue_malformed()
+    fake_openai.enqueue_error(500)
+    fake_openai.enqueue_text("third time lucky")
+    aria = make_aria()
+    outcome = await aria.agent.run(Request("hello"))
+    assert outcome.text == "third time lucky"
+    steps = [(s.status, s.attempt) for s in aria.ledger.steps(outcome.run_id)]
+    assert steps == [("error", 0), ("error", 1), ("ok", 2)]
+    spends = sorted((s.status, s.price_known) for s in _rows(aria, Spend, Spend.run_id == outcome.run_id))
+    # A malformed 200 may have been billed: its worst case stays, marked as an estimate; the 500 is released.
+    assert spends == [("released", True), ("settled", False), ("settled", True)]

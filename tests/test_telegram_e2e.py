@@ -50,7 +50,8 @@ def _texts_to(fake_telegram: Any, chat_id: int) -> list[str]:
 
 async def test_owner_text_gets_an_answer_and_a_recorded_run(bot: Any, fake_telegram: Any, fake_openai: Any) -> None:
     aria, _ = bot
-    fake_openai.enqueue_text("Disk is fine.")
+    fake_openai.enqueue_hang(1.5)  # a model that takes a moment: the owner sees "typing…" meanwhile
+    fake_openai.default_text = "Disk is fine."
     fake_telegram.add_message("how is the disk?", user_id=OWNER)
     await fake_telegram.wait_for("sendMessage", predicate=lambda c: c.params.get("text") == "Disk is fine.")
     assert fake_telegram.calls_to("sendChatAction")[0].params["action"] == "typing"

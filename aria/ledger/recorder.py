@@ -144,13 +144,17 @@ class Ledger:
 
     def add_step(self, step: Step) -> int:
         """Record one step; arguments and result are redacted and trimmed."""
+        with self.write_conn() as conn:
+            return self.record_step(conn, step)
+
+    def record_step(self, conn: Connection, step: Step) -> int:
+        """Record one step inside a caller's write transaction (so it commits with what it describes)."""
         step.args = self.redact(step.args)
         step.result = (self.redact(step.result) or "")[:SHORT] if step.result is not None else None
         step.started_at = step.started_at or self.now()
-        with self.write_conn() as conn:
-            step_id = self.insert_row(conn, step)
-            conn.execute(_COUNT_STEP, {"row_id": step.run_id})
-            return step_id
+        step_id = self.insert_row(conn, step)
+        conn.execute(_COUNT_STEP, {"row_id": step.run_id})
+        return step_id
 
     def add_failure(self, component: str, error: BaseException | str, handling: str, *,
                     run_id: int | None = None, step_id: int | None = None) -> int:

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, bindparam, case, func
 from sqlmodel import col, select
 
 from aria.errors import BudgetExhausted
-from aria.ledger import Ledger, Run, Spend, usd_to_micros
+from aria.ledger import Ledger, Run, Spend, Step, usd_to_micros
 from aria.llm.pricing import PriceBook, TokenCounts
 
 if TYPE_CHECKING:
@@ -138,8 +138,9 @@ class Budget:
             return Reservation(spend_id, run_id, model, prompt_upper, max_tokens, micros)
 
     def settle(self, reservation: Reservation, tokens: TokenCounts, *, step_id: int | None = None,
-               raw_usage: dict[str, object] | None = None) -> int:
-        """Replace a reservation with the priced usage; returns the cost in micro-dollars."""
+               raw_usage: dict[str, object] | None = None, step: Step | None = None) -> int:
+        """Replace a reservation with the priced usage; returns the cost in micro-dollars. A `step` describing the
+        call is recorded in the same transaction (one commit per call instead of two)."""
         cost = self.prices.cost_micros(reservation.model, tokens)
         settled = {
             "status": "settled", "step_id": step_id, "cost_micros": cost, "prompt_tokens": tokens.prompt,
@@ -148,6 +149,8 @@ class Budget:
             "usage_json": json.dumps(raw_usage, default=str) if raw_usage is not None else None,
         }
         with self.ledger.write_conn() as conn:
+            if step is not None:
+                settled["step_id"] = self.ledger.record_step(conn, step)
             found = self.ledger.update_row(conn, Spend, reservation.spend_id, settled)
             assert found == 1, f"no reservation {reservation.spend_id}"  # raised inside: the transaction rolls back
             conn.execute(_ADD_TO_RUN, {"row_id": reservation.run_id, "add_prompt": tokens.prompt,

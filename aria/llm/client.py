@@ -18,12 +18,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import openai
+from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from aria.breaker import BreakerBoard
 from aria.errors import CircuitOpen, ProviderError, RetryableProviderError
 from aria.ledger import Ledger, Step
-from aria.llm.budget import Budget, Caps, Reservation
+from aria.llm.budget import Budget, Caps
 from aria.llm.pricing import TokenCounts
 from aria.llm.tokens import prompt_upper_bound
 from aria.retry import RETRYABLE_STATUSES, backoff, parse_retry_after
@@ -133,10 +134,13 @@ class ModelCaller:
         started = time.monotonic()
         seconds_left = max(0.1, scope.deadline - started)
         try:
-            response = await self.client.chat.completions.create(
-                model=model, messages=messages, tools=tools or openai.omit, max_tokens=reservation.max_tokens,
-                timeout=min(self.timeout, seconds_left),
-            )
+            body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": reservation.max_tokens}
+            if tools:
+                body["tools"] = tools
+            # The messages are plain JSON already: posting them through the client's generic request method keeps
+            # its auth, errors and timeouts but skips re-validating every message of the history on every call.
+            response = await self.client.post("/chat/completions", cast_to=ChatCompletion, body=body,
+                                              options={"timeout": min(self.timeout, seconds_left)})
             result = self._parse(response, model)
         except asyncio.CancelledError:
             # The request may already be billed: keep the worst case rather than pretend it cost nothing.
@@ -153,16 +157,13 @@ class ModelCaller:
             self.ledger.add_failure("llm", error, handling, run_id=scope.run_id, step_id=step_id)
             raise error from None
         breaker.record_success()
-        step_id = self._step(scope, model, "ok", number, started, detail=_summary(result))
-        return self._settle(reservation, result, response, step_id)
-
-    def _settle(self, reservation: Reservation, result: ChatResult, response: Any, step_id: int) -> ChatResult:
+        step = self._step_row(scope, model, "ok", number, started, detail=_summary(result))
         if response.usage is None:
             # No usage reported: the worst case is the only honest figure.
-            self.budget.release(reservation, billed_unknown=True, step_id=step_id)
+            self.budget.release(reservation, billed_unknown=True, step_id=self.ledger.add_step(step))
             return result
         raw = response.usage.model_dump() if hasattr(response.usage, "model_dump") else None
-        cost = self.budget.settle(reservation, result.tokens, step_id=step_id, raw_usage=raw)
+        cost = self.budget.settle(reservation, result.tokens, raw_usage=raw, step=step)
         return ChatResult(result.text, result.tool_calls, result.model, result.finish_reason, result.tokens, cost)
 
     @staticmethod
@@ -204,11 +205,15 @@ class ModelCaller:
 
     def _step(self, scope: CallScope, model: str, status: str, number: int, started: float, *,
               error: Exception | None = None, detail: str | None = None) -> int:
-        return self.ledger.add_step(Step(
+        return self.ledger.add_step(self._step_row(scope, model, status, number, started, error=error, detail=detail))
+
+    def _step_row(self, scope: CallScope, model: str, status: str, number: int, started: float, *,
+                  error: Exception | None = None, detail: str | None = None) -> Step:
+        return Step(
             run_id=scope.run_id, seq=next(scope.seq), kind="llm", name=model, status=status, attempt=number - 1,
             started_at=self.ledger.now(), latency_ms=int((time.monotonic() - started) * 1000),
             error_type=type(error).__name__ if error else None, result=detail,
-        ))
+        )
 
 
 def _summary(result: ChatResult) -> str:

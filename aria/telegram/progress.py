@@ -14,10 +14,11 @@ from aria.agent.outcome import Outcome
 from aria.telegram.send import keyboard, send_text, split_text
 
 TYPING_EVERY = 4.5  # Telegram shows "typing…" for about five seconds per chat action
+TYPING_AFTER = 1.0  # an answer quicker than this needs no indicator (and saves a Bot API call)
 
 
 class Typing:
-    """Keeps "typing…" visible until the block ends."""
+    """Keeps "typing…" visible until the block ends, once it has taken longer than a moment."""
 
     def __init__(self, bot: Bot, chat_id: int) -> None:
         self.bot, self.chat_id = bot, chat_id
@@ -34,6 +35,7 @@ class Typing:
                 await self._task
 
     async def _loop(self) -> None:
+        await asyncio.sleep(TYPING_AFTER)
         while True:
             with contextlib.suppress(TelegramError):  # a lost indicator is cosmetic; the answer still goes out
                 await self.bot.send_chat_action(self.chat_id, ChatAction.TYPING)
