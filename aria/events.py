@@ -270,7 +270,7 @@ class EventIngress:
         outcome = await self._aria.agent.run(Request(render(item.source, rule, found, item.event_at, late),
                                                      trigger="event", channel="webhook", chat_id=owner))
         self._finish(item.event_id, outcome.run_id)
-        self._aria.alerts.check()
+        await asyncio.to_thread(self._aria.alerts.check)
         if rule.notify and owner is not None:
             await self._tell(owner, outcome)
 

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, case, func
 from sqlmodel import Session, col, select
 
-from aria.ledger import Failure, Ledger, Run, Spend, Step
+from aria.ledger import COUNTED_MICROS, IS_COUNTED, Failure, Ledger, Run, Spend, Step
 from aria.ledger.reports import CHAT, SpendLine, local_day_bounds, spend_summary
 
 SCHEDULER = "scheduler"  # the channel of the scheduler's own job runs
@@ -29,9 +29,6 @@ OUTCOMES = ("ok", "degraded", "handoff", "rejected", "failed", "other")
 _BUCKET = {"ok": "ok", "degraded": "degraded", "handoff": "handoff", "budget_exhausted": "handoff",
            "rejected": "rejected", "failed": "failed", "interrupted": "failed"}
 
-# The same counting rule as the ledger reports: a settled row its cost, an open reservation its worst case.
-_COUNTED = col(Spend.status).in_(("settled", "reserved"))
-_COST = case((col(Spend.status) == "reserved", col(Spend.reserved_micros)), else_=col(Spend.cost_micros))
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,8 +199,8 @@ def _days(last: dt.date, count: int) -> tuple[dt.date, ...]:
 def model_spend_by_day(ledger: Ledger, first: dt.date, last: dt.date) -> dict[dt.date, dict[str, int]]:
     """Micro-dollars per local day and model, `first` to `last` inclusive (days without spend are absent)."""
     query = (
-        select(col(Spend.day), col(Spend.model), func.sum(_COST))
-        .where(col(Spend.day).between(first.isoformat(), last.isoformat()), _COUNTED)
+        select(col(Spend.day), col(Spend.model), func.sum(COUNTED_MICROS))
+        .where(col(Spend.day).between(first.isoformat(), last.isoformat()), IS_COUNTED)
         .group_by(col(Spend.day), col(Spend.model))
     )
     found: dict[dt.date, dict[str, int]] = {}
@@ -245,8 +242,8 @@ def spend_series(per_day: dict[dt.date, dict[str, int]], days: tuple[dt.date, ..
 
 def spend_between(ledger: Ledger, start: dt.datetime, end: dt.datetime) -> int:
     """Micro-dollars of calls made in [start, end) (by `spend.created_at`)."""
-    query = select(func.coalesce(func.sum(_COST), 0)).where(
-        col(Spend.created_at) >= start, col(Spend.created_at) < end, _COUNTED)
+    query = select(func.coalesce(func.sum(COUNTED_MICROS), 0)).where(
+        col(Spend.created_at) >= start, col(Spend.created_at) < end, IS_COUNTED)
     with ledger.read() as session:
         return int(session.exec(query).one())
 
@@ -254,8 +251,8 @@ def spend_between(ledger: Ledger, start: dt.datetime, end: dt.datetime) -> int:
 def spend_in_windows(ledger: Ledger, windows: list[tuple[dt.datetime, dt.datetime]]) -> list[int]:
     """`spend_between` for several windows in one read (each an indexed range on `spend.created_at`)."""
     with ledger.read() as session:
-        return [int(session.exec(select(func.coalesce(func.sum(_COST), 0)).where(
-            col(Spend.created_at) >= start, col(Spend.created_at) < end, _COUNTED)).one()) for start, end in windows]
+        return [int(session.exec(select(func.coalesce(func.sum(COUNTED_MICROS), 0)).where(
+            col(Spend.created_at) >= start, col(Spend.created_at) < end, IS_COUNTED)).one()) for start, end in windows]
 
 
 def median_micros(values: list[int]) -> int:
@@ -348,11 +345,11 @@ def costly_runs(session: Session, start: dt.datetime, end: dt.datetime, limit: i
 
 def runs_behind(ledger: Ledger, start: dt.datetime, end: dt.datetime, limit: int = 3) -> list[CostlyRun]:
     """The runs whose calls in [start, end) cost the most, with what those calls cost."""
-    cost = func.sum(_COST).label("cost")
+    cost = func.sum(COUNTED_MICROS).label("cost")
     query = (
         select(col(Spend.run_id), cost, col(Run.status), col(Run.request))
         .join(Run, col(Run.id) == col(Spend.run_id))
-        .where(_in_window(col(Spend.created_at), start, end), _COUNTED)
+        .where(_in_window(col(Spend.created_at), start, end), IS_COUNTED)
         .group_by(col(Spend.run_id))
         .order_by(cost.desc(), col(Spend.run_id))
         .limit(limit)

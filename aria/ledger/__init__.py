@@ -1,6 +1,8 @@
 """The ledger: SQLite tables, named migrations and the recording API."""
 
 from aria.ledger.models import (
+    COUNTED_MICROS,
+    IS_COUNTED,
     MICROS,
     Approval,
     Breaker,
@@ -17,6 +19,20 @@ from aria.ledger.models import (
 from aria.ledger.recorder import Ledger, as_utc
 
 __all__ = [
-    "MICROS", "Approval", "Breaker", "Event", "Failure", "KeyValue", "Ledger", "Outbox", "Reminder", "Run",
-    "Spend", "Step", "as_utc", "usd_to_micros",
+    "COUNTED_MICROS",
+    "IS_COUNTED",
+    "MICROS",
+    "Approval",
+    "Breaker",
+    "Event",
+    "Failure",
+    "KeyValue",
+    "Ledger",
+    "Outbox",
+    "Reminder",
+    "Run",
+    "Spend",
+    "Step",
+    "as_utc",
+    "usd_to_micros",
 ]

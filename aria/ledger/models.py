@@ -9,7 +9,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from sqlmodel import Field, SQLModel
+from sqlalchemy import case
+from sqlmodel import Field, SQLModel, col
 
 RunStatus = Literal[
     "running", "ok", "handoff", "degraded", "awaiting_approval", "rejected", "budget_exhausted", "failed",
@@ -95,6 +96,13 @@ class Spend(SQLModel, table=True):
     day: str = Field(index=True)  # the owner's local date, YYYY-MM-DD
     created_at: dt.datetime = Field(index=True)
     settled_at: dt.datetime | None = None
+
+
+# What a spend row counts for, against caps and in every report: an open reservation its worst case, a settled call
+# its cost, a released reservation nothing.
+COUNTED_MICROS = case((col(Spend.status) == "reserved", col(Spend.reserved_micros)),
+                      (col(Spend.status) == "settled", col(Spend.cost_micros)), else_=0)
+IS_COUNTED = col(Spend.status).in_(("settled", "reserved"))
 
 
 class Failure(SQLModel, table=True):

@@ -19,15 +19,12 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import ColumnElement, Select, and_, case, func
 from sqlmodel import col, select
 
-from aria.ledger.models import MICROS, Failure, Run, Spend, Step
+from aria.ledger.models import COUNTED_MICROS, IS_COUNTED, MICROS, Failure, Run, Spend, Step
 from aria.ledger.recorder import Ledger
 
 SpendGrouping = Literal["model", "skill", "day"]
 CHAT = "chat"  # the skill key of spend in runs that called no tool
 
-# What one spend row costs for reporting, and which rows count at all.
-_COUNTED = col(Spend.status).in_(("settled", "reserved"))
-_COST = case((col(Spend.status) == "reserved", col(Spend.reserved_micros)), else_=col(Spend.cost_micros))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,8 +137,8 @@ def _in_days(first: dt.date, last: dt.date) -> ColumnElement[bool]:
 def spend_by_day(ledger: Ledger, first: dt.date, last: dt.date) -> list[DaySpend]:
     """Spend per local day from `first` to `last` inclusive; days without spend are present with zeros."""
     query = (
-        select(col(Spend.day), func.sum(_COST), func.count())
-        .where(_in_days(first, last), _COUNTED)
+        select(col(Spend.day), func.sum(COUNTED_MICROS), func.count())
+        .where(_in_days(first, last), IS_COUNTED)
         .group_by(col(Spend.day))
     )
     with ledger.read() as session:
@@ -162,14 +159,14 @@ def spend_summary(ledger: Ledger, first: dt.date, last: dt.date, by: SpendGroupi
         key = col(Spend.model) if by == "model" else col(Spend.day)
         totals = _totals(key)
         order = [key] if by == "day" else [totals[1].desc(), key]
-        query = select(*totals).where(_in_days(first, last), _COUNTED).group_by(key).order_by(*order)
+        query = select(*totals).where(_in_days(first, last), IS_COUNTED).group_by(key).order_by(*order)
     with ledger.read() as session:
         rows = session.exec(query).all()
     return [SpendLine(str(k), int(c), int(n), int(p or 0), int(o or 0)) for k, c, n, p, o in rows]
 
 
 def _totals(key: Any) -> tuple[Any, ...]:
-    return (key.label("key"), func.sum(_COST).label("cost"), func.count().label("calls"),
+    return (key.label("key"), func.sum(COUNTED_MICROS).label("cost"), func.count().label("calls"),
             func.sum(col(Spend.prompt_tokens)).label("prompt"),
             func.sum(col(Spend.completion_tokens)).label("completion"))
 
@@ -177,7 +174,7 @@ def _totals(key: Any) -> tuple[Any, ...]:
 def _by_skill(first: dt.date, last: dt.date) -> Select[Any]:
     per_run = (
         select(col(Spend.run_id).label("run_id"), *_totals(col(Spend.run_id))[1:])
-        .where(_in_days(first, last), _COUNTED)
+        .where(_in_days(first, last), IS_COUNTED)
         .group_by(col(Spend.run_id))
         .cte("run_spend")
     )
@@ -265,7 +262,8 @@ def run_trace(ledger: Ledger, run_id: int) -> RunTrace | None:
             select(Failure).where(col(Failure.run_id) == run_id).order_by(col(Failure.created_at), col(Failure.id))
         ).all()
         cost, calls = session.exec(
-            select(func.coalesce(func.sum(_COST), 0), func.count()).where(col(Spend.run_id) == run_id, _COUNTED)
+            select(func.coalesce(func.sum(COUNTED_MICROS), 0), func.count())
+            .where(col(Spend.run_id) == run_id, IS_COUNTED)
         ).one()
     return RunTrace(
         run=_run_line(run),

@@ -18,15 +18,12 @@ from sqlalchemy import Connection, bindparam, case, func
 from sqlmodel import col, select
 
 from aria.errors import BudgetExhausted
-from aria.ledger import Ledger, Run, Spend, Step, usd_to_micros
+from aria.ledger import COUNTED_MICROS, Ledger, Run, Spend, Step, usd_to_micros
 from aria.llm.pricing import PriceBook, TokenCounts
 
 if TYPE_CHECKING:
     from aria.config import Settings
 
-# What a spend row counts for against a cap: its reservation until settled, then its cost.
-_COUNTED = case((Spend.status == "reserved", Spend.reserved_micros), (Spend.status == "settled", Spend.cost_micros),
-                else_=0)
 _TOKENS = case((Spend.status == "reserved", Spend.reserved_tokens),
                (Spend.status == "settled", Spend.prompt_tokens + Spend.completion_tokens), else_=0)
 # Built once, with bound parameters: every reservation runs the two sums, every settlement the run's totals, and
@@ -37,9 +34,9 @@ _ADD_TO_RUN = _RUNS.update().where(_RUNS.c.id == bindparam("row_id")).values(
     completion_tokens=_RUNS.c.completion_tokens + bindparam("add_completion"),
     cost_micros=_RUNS.c.cost_micros + bindparam("add_cost"), model=bindparam("last_model"),
 )
-_RUN_TOTALS = select(func.coalesce(func.sum(_COUNTED), 0), func.coalesce(func.sum(_TOKENS), 0)).where(
+_RUN_TOTALS = select(func.coalesce(func.sum(COUNTED_MICROS), 0), func.coalesce(func.sum(_TOKENS), 0)).where(
     col(Spend.run_id) == bindparam("run_id"))
-_DAY_TOTAL = select(func.coalesce(func.sum(_COUNTED), 0)).where(col(Spend.day) == bindparam("day"))
+_DAY_TOTAL = select(func.coalesce(func.sum(COUNTED_MICROS), 0)).where(col(Spend.day) == bindparam("day"))
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -78,7 +79,8 @@ async def deliver_outcome(aria: Aria, progress: ProgressMessage, outcome: Outcom
         aria.outbox.enqueue(progress.chat_id, outcome.text, actions=outcome.actions, purpose="answer",
                             run_id=outcome.run_id)
         message = None
-    aria.alerts.check()
+    # Alerts read a few aggregates: off the event loop, so the next update is not kept waiting.
+    await asyncio.to_thread(aria.alerts.check)
     if outcome.approval_id is None:
         return
     if message is not None:
