@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,27 @@ def clock() -> ManualClock:
 def ledger(tmp_path: Path, clock: ManualClock) -> Ledger:
     """A fresh ledger in a temporary folder, on the manual clock."""
     return Ledger.open(tmp_path / "aria.db", clock=clock)
+
+
+@asynccontextmanager
+async def polling(aria: Aria) -> AsyncIterator[Any]:
+    """Aria's Application polling the fake Bot API as `aria run` would: post_init and post_stop included."""
+    from aria.telegram.bot import build_application
+
+    application = build_application(aria)
+    await application.initialize()
+    assert application.post_init is not None and application.post_stop is not None
+    await application.post_init(application)
+    await application.start()
+    assert application.updater is not None
+    await application.updater.start_polling(timeout=1, poll_interval=0)
+    try:
+        yield application
+    finally:
+        await application.updater.stop()
+        await application.stop()
+        await application.post_stop(application)
+        await application.shutdown()
 
 
 class SleepRecorder:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +17,9 @@ from aria.approvals import callback_data
 from aria.clock import ManualClock
 from aria.ledger import Approval, Event, Run
 from aria.telegram.approval_handlers import expire_due
-from aria.telegram.bot import build_application
-from tests.conftest import OWNER, STRANGER, marks
+from tests.conftest import OWNER, STRANGER, marks, polling
 
 MakeAria = Callable[..., Aria]
-
-
-@asynccontextmanager
-async def running(aria: Aria) -> AsyncIterator[Any]:
-    """Aria's Application polling the fake Bot API."""
-    application = build_application(aria)
-    await application.initialize()
-    assert application.post_init is not None and application.updater is not None
-    await application.post_init(application)
-    await application.start()
-    await application.updater.start_polling(timeout=1, poll_interval=0)
-    try:
-        yield application
-    finally:
-        await application.updater.stop()
-        await application.stop()
-        await application.shutdown()
-        aria.scheduler.shutdown()
 
 
 @pytest.fixture
@@ -89,7 +69,7 @@ async def _approval_with_message(aria: Aria) -> Approval:
 async def test_approve_runs_once_edits_the_message_and_answers(bot_aria: Callable[..., Aria], fake_telegram: Any,
                                                                fake_openai: Any) -> None:
     aria = bot_aria()
-    async with running(aria):
+    async with polling(aria):
         request = await _ask(fake_telegram, fake_openai)
         buttons = [b["text"] for row in request.params["reply_markup"]["inline_keyboard"] for b in row]
         assert buttons == ["Approve", "Reject", "Details"]
@@ -109,7 +89,7 @@ async def test_approve_runs_once_edits_the_message_and_answers(bot_aria: Callabl
 async def test_reject_tells_the_model_and_runs_nothing(bot_aria: Callable[..., Aria], fake_telegram: Any,
                                                        fake_openai: Any) -> None:
     aria = bot_aria()
-    async with running(aria):
+    async with polling(aria):
         await _ask(fake_telegram, fake_openai)
         fake_openai.clear_script()
         fake_openai.enqueue_text("Understood, I did not mark anything.")
@@ -127,7 +107,7 @@ async def test_reject_tells_the_model_and_runs_nothing(bot_aria: Callable[..., A
 async def test_double_and_concurrent_presses_run_the_action_once(bot_aria: Callable[..., Aria], fake_telegram: Any,
                                                                  fake_openai: Any) -> None:
     aria = bot_aria()
-    async with running(aria):
+    async with polling(aria):
         await _ask(fake_telegram, fake_openai)
         approval = await _approval_with_message(aria)
         for _ in range(4):  # arrive together and are handled concurrently
@@ -142,11 +122,11 @@ async def test_double_and_concurrent_presses_run_the_action_once(bot_aria: Calla
 async def test_press_after_a_restart_runs_once_in_the_new_process(bot_aria: Callable[..., Aria],
                                                                   fake_telegram: Any, fake_openai: Any) -> None:
     first = bot_aria()
-    async with running(first):
+    async with polling(first):
         await _ask(fake_telegram, fake_openai)
         approval = await _approval_with_message(first)
     second = bot_aria()  # a new process on the same database
-    async with running(second):
+    async with polling(second):
         fake_telegram.press_button(callback_data(approval, "a"), user_id=OWNER, message_id=approval.message_id)
         fake_telegram.press_button(callback_data(approval, "a"), user_id=OWNER, message_id=approval.message_id)
         await shown(fake_telegram, "Done: marked deploy.")
@@ -157,7 +137,7 @@ async def test_press_after_a_restart_runs_once_in_the_new_process(bot_aria: Call
 async def test_stranger_and_forged_presses_are_refused_and_recorded(bot_aria: Callable[..., Aria],
                                                                     fake_telegram: Any, fake_openai: Any) -> None:
     aria = bot_aria()
-    async with running(aria):
+    async with polling(aria):
         await _ask(fake_telegram, fake_openai)
         approval = await _approval_with_message(aria)
         fake_telegram.press_button(callback_data(approval, "a"), user_id=STRANGER)
@@ -179,7 +159,7 @@ async def test_expiry_with_an_injected_clock_closes_the_run(bot_aria: Callable[.
                                                             fake_openai: Any) -> None:
     clock = ManualClock(dt.datetime(2026, 6, 1, 9, tzinfo=dt.UTC))
     aria = bot_aria(clock=clock, approval_ttl_hours=24)
-    async with running(aria) as application:
+    async with polling(aria) as application:
         await _ask(fake_telegram, fake_openai)
         approval = await _approval_with_message(aria)
         clock.advance(hours=23)
@@ -200,7 +180,7 @@ async def test_expiry_with_an_injected_clock_closes_the_run(bot_aria: Callable[.
 async def test_approvals_command_lists_pending_with_buttons(bot_aria: Callable[..., Aria], fake_telegram: Any,
                                                             fake_openai: Any) -> None:
     aria = bot_aria()
-    async with running(aria):
+    async with polling(aria):
         await _ask(fake_telegram, fake_openai)
         fake_telegram.add_message("/approvals", user_id=OWNER)
         listed = await shown(fake_telegram, "write_mark", count=2)

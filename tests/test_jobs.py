@@ -13,8 +13,7 @@ from aria.app import Aria
 from aria.jobs import fire_reminder, restore_reminders
 from aria.outbox import OutboxSender
 from aria.reminders import pending_reminders
-from aria.telegram.bot import build_application
-from tests.conftest import OWNER
+from tests.conftest import OWNER, polling
 
 MakeAria = Callable[..., Aria]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -52,24 +51,12 @@ async def test_digest_and_cost_commands_send_photos(make_aria: MakeAria, fake_te
                                                     fake_openai: Any) -> None:
     aria = make_aria(telegram_bot_token=fake_telegram.token, telegram_api_url=fake_telegram.api_url)
     await aria.agent.run(Request("hello", chat_id=OWNER))  # some activity to chart
-    application = build_application(aria)
-    await application.initialize()
-    assert application.post_init is not None and application.updater is not None
-    await application.post_init(application)
-    await application.start()
-    await application.updater.start_polling(timeout=1, poll_interval=0)
-    try:
+    async with polling(aria):
         fake_telegram.add_message("/digest", user_id=OWNER)
         fake_telegram.add_message("/cost 3", user_id=OWNER)
         fake_telegram.add_message("/cost lots", user_id=OWNER)
         await fake_telegram.wait_for("sendPhoto", count=2, timeout=15)
         await fake_telegram.wait_for("sendMessage", predicate=lambda c: "Usage: /cost" in c.params["text"])
-    finally:
-        await application.updater.stop()
-        await application.stop()
-        assert application.post_stop is not None
-        await application.post_stop(application)
-        await application.shutdown()
     photos = fake_telegram.photos
     assert len(photos) == 2 and all(data.startswith(PNG) for _, data, _ in photos)
     captions = sorted(caption or "" for _, _, caption in photos)

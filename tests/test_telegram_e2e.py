@@ -15,7 +15,7 @@ from aria.app import Aria
 from aria.ledger import Event, Failure, Run, Spend
 from aria.telegram.bot import build_application
 from aria.telegram.send import send_text
-from tests.conftest import OWNER, STRANGER
+from tests.conftest import OWNER, STRANGER, polling
 
 MakeAria = Callable[..., Aria]
 
@@ -24,19 +24,8 @@ MakeAria = Callable[..., Aria]
 async def bot(make_aria: MakeAria, fake_telegram: Any) -> AsyncIterator[tuple[Aria, Application]]:  # type: ignore[type-arg]
     """Aria's Application polling the fake Bot API, as `aria run` would."""
     aria = make_aria(telegram_bot_token=fake_telegram.token, telegram_api_url=fake_telegram.api_url)
-    application = build_application(aria)
-    await application.initialize()
-    assert application.post_init is not None
-    await application.post_init(application)
-    await application.start()
-    assert application.updater is not None
-    await application.updater.start_polling(timeout=1, poll_interval=0)
-    try:
+    async with polling(aria) as application:
         yield aria, application
-    finally:
-        await application.updater.stop()
-        await application.stop()
-        await application.shutdown()
 
 
 def _count(aria: Aria, model: type[Any], *where: Any) -> int:
