@@ -181,3 +181,25 @@ async def test_a_cancelled_run_is_marked_interrupted(make_aria: MakeAria, fake_o
     assert (run.status, run.stop_reason) == ("interrupted", "interrupted")
     # The call may have been billed: its worst case stays counted, marked as an estimate.
     assert (spend.status, spend.price_known, spend.cost_micros) == ("settled", False, spend.reserved_micros)
+
+
+async def test_telegram_429_on_a_reply_is_delivered_after_the_wait(bot: Any, fake_telegram: Any,
+                                                                   fake_openai: Any) -> None:
+    fake_telegram.fail_next("sendMessage", status=429, retry_after=1)
+    fake_openai.enqueue_text("Worth the wait.")
+    fake_telegram.add_message("hello", user_id=OWNER)
+    calls = await fake_telegram.wait_for("sendMessage", count=2, timeout=10)
+    assert [c.ok for c in calls] == [False, True] and calls[1].params["text"] == "Worth the wait."
+    assert calls[1].at - calls[0].at >= 1.0  # the rate limiter honoured retry_after
+
+
+async def test_a_reply_telegram_keeps_refusing_goes_to_the_outbox(bot: Any, fake_telegram: Any,
+                                                                  fake_openai: Any) -> None:
+    aria, _ = bot
+    fake_telegram.fail_next("sendMessage", status=502, times=1)
+    fake_openai.enqueue_text("Delivered later.")
+    fake_telegram.add_message("hello", user_id=OWNER)
+    await fake_telegram.wait_for("sendMessage", count=2, timeout=15)
+    assert fake_telegram.sent_texts(OWNER) == ["Delivered later."]
+    assert _count(aria, Failure, Failure.component == "telegram") == 1
+    assert aria.outbox.undelivered() == 0

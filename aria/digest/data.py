@@ -11,15 +11,18 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import statistics
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, case, func
 from sqlmodel import Session, col, select
 
-from aria.ledger import COUNTED_MICROS, IS_COUNTED, Failure, Ledger, Run, Spend, Step
+from aria.ledger import COUNTED_MICROS, IS_COUNTED, Event, Failure, Ledger, Run, Spend, Step
 from aria.ledger.reports import CHAT, SpendLine, local_day_bounds, spend_summary
+
+if TYPE_CHECKING:
+    from aria.app import Aria
 
 SCHEDULER = "scheduler"  # the channel of the scheduler's own job runs
 CHART_DAYS = 14
@@ -112,6 +115,8 @@ class LiveState:
     next_jobs: list[tuple[str, dt.datetime]]
     undelivered: int
     refused: int  # of the undelivered: messages Telegram refused for good
+    outbound_calls: dict[str, int] = field(default_factory=dict)  # per connector, today
+    events_accepted: int = 0  # signed events received today: checks that needed no polling
 
     @property
     def notable(self) -> bool:
@@ -391,3 +396,14 @@ def _handoffs(session: Session, start: dt.datetime, end: dt.datetime, limit: int
 
 def _first_line(text: str | None) -> str:
     return (text or "").strip().split("\n", 1)[0].strip()
+
+
+def events_accepted_today(aria: Aria) -> int:
+    """Signed events accepted since the owner's midnight (Telegram's own updates not counted)."""
+    start, _ = local_day_bounds(aria.ledger.now().astimezone(aria.settings.tz).date(), aria.settings.tz)
+    with aria.ledger.read() as session:
+        return int(session.exec(
+            select(func.count()).select_from(Event)
+            .where(col(Event.received_at) >= start, col(Event.status) == "accepted",
+                   ~col(Event.source).startswith("telegram"))
+        ).one())

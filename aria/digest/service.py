@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aria.digest.charts import digest_chart, spend_chart
-from aria.digest.data import LiveState, load_cost, load_digest
+from aria.digest.data import LiveState, events_accepted_today, load_cost, load_digest
 from aria.digest.text import cost_text, digest_text, next_jobs_line, status_lines, undelivered_line
 from aria.ledger import as_utc, usd_to_micros
 from aria.outbox import Outbox
@@ -110,6 +110,7 @@ class DigestService:
             open_circuits=[(key, state) for key, state in circuits if state != "closed"],
             paused=aria.scheduler.paused(), next_jobs=jobs,
             undelivered=self.outbox.undelivered(), refused=self.outbox.refused_count(),
+            outbound_calls=aria.connectors.calls_today(), events_accepted=events_accepted_today(aria),
         )
 
     def _digest(self, day: dt.date, state: LiveState, today: dt.date, note: str) -> Digest:

@@ -164,7 +164,14 @@ def status_lines(state: LiveState, tz: ZoneInfo) -> list[str]:
         "Paused: yes (/resume to lift)" if state.paused else "Paused: no",
         next_jobs_line(state, tz),
         undelivered_line(state),
+        calls_line(state),
     ]
+
+
+def calls_line(state: LiveState) -> str:
+    """Outbound API calls per connector today, and the events that came in instead of being polled for."""
+    calls = ", ".join(f"{name} {count}" for name, count in sorted(state.outbound_calls.items())) or "none"
+    return f"Outbound calls today: {calls}; events received instead of polling: {state.events_accepted}"
 
 
 def next_jobs_line(state: LiveState, tz: ZoneInfo) -> str:
