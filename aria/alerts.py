@@ -29,13 +29,11 @@ from aria.outbox import Outbox
 
 if TYPE_CHECKING:
     from aria.app import Aria
-    from aria.scheduler import Scheduler
 
 THRESHOLDS = (50, 80, 100)
 MIN_ANOMALY = usd_to_micros(0.01)  # smaller amounts are never an anomaly, whatever their ratio
 BASELINE_DAYS = 7
 HOUR = dt.timedelta(hours=1)
-CHECK_JOB = "alerts:check"
 Window = Literal["hour", "day"]
 WINDOWS: tuple[Window, ...] = ("hour", "day")
 
@@ -79,14 +77,6 @@ class Alerts:
                 texts.append(text)
         return texts
 
-    def schedule(self, scheduler: Scheduler, every_seconds: float = 900) -> None:
-        """A periodic check, for spend that no finished run reported (reservations of runs still going)."""
-        scheduler.every(CHECK_JOB, every_seconds, self.run_check)
-
-    async def run_check(self) -> int:
-        """The scheduled job: returns how many alerts were queued."""
-        return len(self.check())
-
     # budget -----------------------------------------------------------------------------------------------
 
     def _budget_alert(self, day: dt.date) -> str | None:
@@ -123,7 +113,10 @@ class Alerts:
             days = [local.date() - dt.timedelta(days=n) for n in range(1, BASELINE_DAYS + 1)]
             windows = [current, *(local_day_bounds(d, self.tz) for d in days), (history_start, today_start)]
             periods = BASELINE_DAYS
-        spent, *baseline_windows, history = spend_in_windows(self.ledger, windows)
+        (spent,) = spend_in_windows(self.ledger, windows[:1])
+        if spent < MIN_ANOMALY:
+            return None  # checked after every run: most of the time one small sum settles it
+        *baseline_windows, history = spend_in_windows(self.ledger, windows[1:])
         if history == 0:
             return None  # no recent spend to compare with
         baseline = max(median_micros(baseline_windows), history // periods)

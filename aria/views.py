@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from aria.ledger import MICROS, Approval, Event, Failure, Run
+from aria.ledger import MICROS, Event, Failure, Run
+from aria.ledger.reports import local_day_bounds
 
 if TYPE_CHECKING:
     from aria.app import Aria
@@ -61,8 +62,7 @@ def set_autonomy(aria: Aria, args: list[str]) -> str:
 def status_text(aria: Aria) -> str:
     """Uptime, version, endpoint and circuits, today's spend against the cap, runs and failures today."""
     now = aria.ledger.now()
-    local_midnight = dt.datetime.combine(now.astimezone(aria.settings.tz).date(), dt.time(0),
-                                         tzinfo=aria.settings.tz).astimezone(dt.UTC)
+    local_midnight, _ = local_day_bounds(now.astimezone(aria.settings.tz).date(), aria.settings.tz)
     with aria.ledger.read() as s:
         runs = dict(s.exec(select(Run.status, func.count()).where(Run.started_at >= local_midnight,
                                                                   col(Run.channel) != "scheduler")
@@ -70,7 +70,6 @@ def status_text(aria: Aria) -> str:
         jobs = s.exec(select(func.count()).select_from(Run).where(Run.started_at >= local_midnight,
                                                                   col(Run.channel) == "scheduler")).one()
         failures = s.exec(select(func.count()).select_from(Failure).where(Failure.created_at >= local_midnight)).one()
-        pending = s.exec(select(func.count()).select_from(Approval).where(Approval.status == "pending")).one()
         events = dict(s.exec(select(Event.status, func.count()).where(Event.received_at >= local_midnight,
                                                                       ~col(Event.source).startswith("telegram"))
                              .group_by(Event.status)).all())
@@ -85,24 +84,17 @@ def status_text(aria: Aria) -> str:
         "Runs today: " + (", ".join(f"{k} {v}" for k, v in sorted(runs.items())) or "none"),
         f"Failures today: {failures}",
         f"Scheduled jobs run today: {jobs}",
-        f"Pending approvals: {pending}",
-        "Paused: yes (/resume to lift)" if aria.scheduler.paused() else "Paused: no",
+        f"Telegram: {aria.telegram_mode}" + (" (no Bot API calls while idle)"
+                                             if aria.telegram_mode == "webhook" else ""),
     ]
     models = [aria.settings.model_cheap, aria.settings.model_strong, *aria.settings.model_fallbacks]
     for model in dict.fromkeys(models):
         if not aria.prices.is_known(model):
             lines.append(f"⚠ No price known for {model}: calls to it are refused (set ARIA_PRICES_FILE).")
-    circuits = [(key, aria.board.get(key).state) for key in (b.key for b in aria.board.snapshot())]
-    open_circuits = [f"{key} {state}" for key, state in circuits if state != "closed"]
-    lines.append("Circuits: " + (", ".join(open_circuits) or "all closed"))
-    calls = aria.connectors.calls_today()
-    if calls:
-        lines.append("Outbound calls today: " + ", ".join(f"{name} {n}" for name, n in sorted(calls.items())))
-    lines.append(f"Telegram: {aria.telegram_mode}" + (" (no Bot API calls while idle)"
-                                                      if aria.telegram_mode == "webhook" else ""))
+    # Approvals, circuits, pause, next jobs, undelivered messages, outbound calls: the digest's "Now" lines.
+    lines += aria.digests.status_lines()
     if events:
         lines.append("Events today: " + ", ".join(f"{k} {v}" for k, v in sorted(events.items())))
-    lines += [line for line in aria.digests.delivery_lines() if line]
     if aria.skills.broken:
         lines.append("Broken skills: " + ", ".join(b.name for b in aria.skills.broken))
     return "\n".join(lines)

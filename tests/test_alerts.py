@@ -145,11 +145,3 @@ def test_usual_spend_small_amounts_and_no_history_are_not_anomalies(make_aria: M
     assert alerts.check() == []  # under a cent: too small to matter
     spend(aria, 150_000, clock.now() - dt.timedelta(minutes=4))
     assert alerts.check() == []  # about the usual for this hour
-
-
-async def test_scheduled_check_queues_alerts(make_aria: MadeAria, clock: ManualClock) -> None:
-    aria, alerts = make_alerts(make_aria, clock, day_max_usd=1.0)
-    alerts.schedule(aria.scheduler)
-    assert aria.scheduler.aps.get_job("alerts:check") is not None
-    spend(aria, 800_000)
-    assert await alerts.run_check() == 1

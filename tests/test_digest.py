@@ -325,7 +325,7 @@ def test_status_lines_show_paused_state_and_undelivered_messages(service: Digest
 
     assert "Paused: yes (/resume to lift)" in lines
     assert "Undelivered messages: 1" in lines
-    assert service.delivery_lines() == ["Next jobs: none", "Undelivered messages: 1"]
+    assert "Next jobs: none" in lines
 
 
 async def test_status_shows_the_next_jobs_in_local_time(service: DigestService, aria: Aria) -> None:
@@ -333,7 +333,7 @@ async def test_status_shows_the_next_jobs_in_local_time(service: DigestService, 
     aria.scheduler.cancel(CATCH_UP_JOB)  # APScheduler runs on the wall clock: keep only the daily job
     aria.scheduler.start()  # jobs get their next run time once the scheduler runs
     try:
-        line = service.delivery_lines()[0]
+        line = next(line for line in service.status_lines() if line.startswith("Next jobs:"))
     finally:
         aria.scheduler.shutdown()
     assert re.fullmatch(r"Next jobs: digest:daily (Mon|Tue|Wed|Thu|Fri|Sat|Sun) 08:00", line), line

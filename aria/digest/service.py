@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from aria.digest.charts import digest_chart, spend_chart
 from aria.digest.data import LiveState, events_accepted_today, load_cost, load_digest
-from aria.digest.text import cost_text, digest_text, next_jobs_line, status_lines, undelivered_line
+from aria.digest.text import cost_text, digest_text, status_lines
 from aria.ledger import as_utc, usd_to_micros
 from aria.outbox import Outbox
 from aria.scheduler import Scheduler
@@ -93,11 +93,6 @@ class DigestService:
     def status_lines(self) -> list[str]:
         """Lines for /status: pending approvals, circuits, paused state, next jobs, undelivered messages."""
         return status_lines(self.live_state(), self.tz)
-
-    def delivery_lines(self) -> list[str]:
-        """Only the next jobs and undelivered messages lines (what /status lacks beside its own lines)."""
-        state = self.live_state()
-        return [next_jobs_line(state, self.tz), undelivered_line(state)]
 
     def live_state(self) -> LiveState:
         """How things stand now (cheap reads, done on the caller's thread)."""
