@@ -70,7 +70,7 @@ def run(
     except ConfigError as exc:
         typer.echo(f"config error: {exc.problems[0]}", err=True)
         raise typer.Exit(2) from None
-    from aria.telegram.webhook import serve, webhook_config
+    from aria.telegram.serve import serve, webhook_config
 
     use_webhook = bool(settings.webhook_url) if webhook is None else webhook
     try:

@@ -18,8 +18,8 @@ from pathlib import Path
 from telegram import Bot
 
 from aria.app import Aria
+from aria.telegram.serve import serve
 from aria.telegram.watchdog import DEFAULT_POLL_TIMEOUT
-from aria.telegram.webhook import serve
 from bench.common import settings_for, table
 from tests.fakes import FakeOpenAI, FakeTelegram
 

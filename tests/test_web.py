@@ -1,4 +1,4 @@
-"""The ASGI app in webhook mode: the secret token, duplicate updates, malformed bodies, /healthz, serve_webhook."""
+"""The ASGI app in webhook mode: the secret token, duplicate updates, malformed bodies, /healthz, serving."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from aria.errors import ConfigError
 from aria.events import EventIngress
 from aria.ledger import Event, Run
 from aria.telegram.bot import build_application
-from aria.telegram.webhook import serve_webhook
+from aria.telegram.serve import serve
 from aria.web import build_web_app
 from tests.conftest import OWNER, STRANGER
 from tests.fakes import make_update_json
@@ -53,7 +53,7 @@ def webhook_settings(fake_telegram: Any) -> dict[str, Any]:
 
 @contextlib.asynccontextmanager
 async def running_webhook_app(aria: Aria) -> AsyncIterator[Served]:
-    """Start the Application as serve_webhook does (no updater), without uvicorn: the client talks ASGI."""
+    """Start the Application as serve does in webhook mode (no updater), without uvicorn: the client talks ASGI."""
     application = build_application(aria)
     await application.initialize()
     assert application.post_init is not None
@@ -188,7 +188,7 @@ async def test_serve_webhook_registers_the_webhook_and_serves_over_http(make_ari
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     stop = asyncio.Event()
-    serving = asyncio.create_task(serve_webhook(aria, stop=stop, sock=sock))
+    serving = asyncio.create_task(serve(aria, webhook=True, stop=stop, sock=sock))
     (registered,) = await fake_telegram.wait_for("setWebhook")
     assert registered.params["url"] == f"{WEBHOOK_URL}/telegram"
     assert registered.params["secret_token"] == WEBHOOK_SECRET
@@ -216,7 +216,7 @@ async def test_serve_webhook_refuses_to_start_without_a_secret(make_aria: Callab
                                                                fake_telegram: Any, tmp_path: Path) -> None:
     settings = webhook_settings(fake_telegram) | {"webhook_secret": None}
     with pytest.raises(ConfigError, match="ARIA_WEBHOOK_SECRET"):
-        await serve_webhook(make_aria(**settings))
+        await serve(make_aria(**settings), webhook=True)
     with pytest.raises(ConfigError, match="ARIA_WEBHOOK_URL"):
-        await serve_webhook(make_aria(**(webhook_settings(fake_telegram) | {"webhook_url": "http://plain.test"})))
+        await serve(make_aria(**(webhook_settings(fake_telegram) | {"webhook_url": "http://plain.test"})), webhook=True)
     assert fake_telegram.calls == []

@@ -4,9 +4,9 @@ ASGI app so an idle Aria makes no Bot API calls at all.
 `serve` starts, in order: the Application (initialize, post_init: ledger recovery, commands, scheduler;
 start), the webhook registration (`setWebhook` with the secret token and the allowed update types, pending updates
 kept) or polling, the event ingress (re-queueing events left unprocessed), and uvicorn on `ARIA_WEB_HOST:ARIA_WEB_PORT`
-when there is something to serve. It
-stops in the reverse order on SIGINT/SIGTERM (or when `stop` is set): no new requests, event workers cancelled (their
-events run after the next start), running handlers finished, post_stop and post_shutdown (Aria closed).
+when there is something to serve. It stops in the reverse order on SIGINT/SIGTERM (or when `stop` is set): no new
+requests, event workers cancelled (their events run after the next start), running handlers finished, post_stop and
+post_shutdown (Aria closed).
 
 The webhook stays registered on shutdown: Telegram keeps the updates that arrive meanwhile and delivers them when the
 server is back. `aria run` without --webhook deletes it when polling starts (python-telegram-bot's bootstrap does).
@@ -152,12 +152,6 @@ async def serve(aria: Aria, *, webhook: bool, deliver: Deliver | None = None, st
         for task in done:
             if task.get_name() == "uvicorn":
                 task.result()  # uvicorn ended on its own: surface why
-
-
-async def serve_webhook(aria: Aria, *, deliver: Deliver | None = None, stop: asyncio.Event | None = None,
-                        sock: socket.socket | None = None) -> None:
-    """Webhook mode: Telegram pushes updates, so an idle Aria makes no Bot API calls at all."""
-    await serve(aria, webhook=True, deliver=deliver, stop=stop, sock=sock)
 
 
 def _stop_on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:
