@@ -84,27 +84,24 @@ class Aria:
         router = Router(settings.model_cheap, settings.model_strong, tuple(settings.model_fallbacks),
                         settings.cheap_only_share)
         client, caller = _model_caller(settings, ledger, budget, board, sleep)
-        holder: dict[str, Aria] = {}
-
-        def context(run_id: int, request: Request) -> ToolContext:
-            return ToolContext(settings=settings, ledger=ledger, clock=clock, run_id=run_id,
-                               chat_id=request.chat_id, connectors=connectors,
-                               on_reminder=holder["aria"].on_reminder if holder else None)
-
         policy = load_policy(settings.policy_file)
         gate = Gate(ledger, policy, allow_risky_auto=settings.allow_risky_auto)
         approvals = Approvals(ledger, settings.approval_ttl_hours)
         runner = ToolRunner(skills, ledger, gate)
         agent = Agent(settings, ledger, skills, budget, caller, router, runner=runner, approvals=approvals,
-                      policy=policy, context_factory=context)
+                      policy=policy, context_factory=lambda run_id, request: aria.tool_context(run_id, request))
         aria = cls(settings=settings, ledger=ledger, skills=skills, prices=prices, budget=budget, board=board,
                    connectors=connectors, router=router, caller=caller, agent=agent, gate=gate, approvals=approvals,
                    scheduler=Scheduler(ledger, settings.tz), outbox=Outbox(ledger), started_at=ledger.now(),
                    _openai=client)
         aria.digests = DigestService(aria, aria.outbox)
         aria.alerts = Alerts(aria, aria.outbox)
-        holder["aria"] = aria
         return aria
+
+    def tool_context(self, run_id: int, request: Request) -> ToolContext:
+        """What a tool of this run may use."""
+        return ToolContext(settings=self.settings, ledger=self.ledger, clock=self.ledger.clock, run_id=run_id,
+                           chat_id=request.chat_id, connectors=self.connectors, on_reminder=self.on_reminder)
 
     async def aclose(self) -> None:
         """Stop the scheduler, close network clients and the database pool."""

@@ -80,9 +80,10 @@ class Agent:
         """Continue a run after its approval was decided (approved, rejected or expired)."""
         assert approval.run_id is not None and approval.resume_state
         saved = json.loads(approval.resume_state)
-        state = RunState.from_json(saved, self.skills, next_seq=len(self.ledger.steps(approval.run_id)) + 1)
+        run = self.ledger.run(approval.run_id)
+        state = RunState.from_json(saved, self.skills, next_seq=(run.steps if run else 0) + 1)
         call = ToolCallRequest(**saved["call"])
-        self.ledger.finish_run(approval.run_id, "running", stop_reason=None)
+        self.ledger.reopen_run(approval.run_id)
 
         async def body() -> Outcome:
             ctx = self._context(state.scope.run_id, state.request)

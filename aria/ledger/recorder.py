@@ -123,6 +123,11 @@ class Ledger:
         with self.write_conn() as conn:
             self.update_row(conn, Run, run_id, values)
 
+    def reopen_run(self, run_id: int) -> None:
+        """A run resumed after an approval is running again, with no end yet."""
+        with self.write_conn() as conn:
+            self.update_row(conn, Run, run_id, {"status": "running", "stop_reason": None, "ended_at": None})
+
     def mark_interrupted(self) -> int:
         """At start-up: runs a previous process left `running` are marked `interrupted`, and their open
         reservations are kept as (estimated) cost, since those calls may have been billed."""
