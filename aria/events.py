@@ -39,7 +39,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from aria.agent.outcome import Outcome
@@ -171,19 +170,13 @@ class EventIngress:
         if stamp is None and self._seen_body(source, sha):
             return self._reject(source, 200, "duplicate", "same body as an event already accepted", sha, verified=True)
         event_at = digest(source, payload).at or (dt.datetime.fromtimestamp(stamp, dt.UTC) if stamp else None)
-        row = Event(source=source, delivery_id=(delivery or sha)[:200], verified=True, status="accepted",
-                    body_sha256=sha, received_at=self._ledger.now(), payload=self._ledger.redact(text),
-                    event_at=event_at)
-        try:
-            # One transaction for the row and its payload, so a crash cannot leave an event without its body.
-            with self._ledger.write() as session:
-                session.add(row)
-                session.flush()
-                event_id = row.id
-        except IntegrityError:
+        received = self._ledger.now()
+        event_id = self._ledger.record_event(source, status="accepted", verified=True,
+                                             delivery_id=(delivery or sha)[:200], body_sha256=sha, payload=text,
+                                             event_at=event_at)
+        if event_id is None:
             return self._reject(source, 200, "duplicate", "delivery id already received", sha, verified=True)
-        assert event_id is not None
-        self._enqueue(self._queued(event_id, source, row.payload or "", event_at, row.received_at))
+        self._enqueue(self._queued(event_id, source, self._ledger.redact(text) or "", event_at, received))
         return Receipt(202, "accepted", event_id=event_id)
 
     def _seen_body(self, source: str, sha: str) -> bool:

@@ -178,10 +178,13 @@ class Ledger:
 
     def record_event(self, source: str, *, status: str, verified: bool, delivery_id: str | None = None,
                      reason: str | None = None, user_id: int | None = None, body_sha256: str | None = None,
-                     run_id: int | None = None) -> int | None:
-        """Record an inbound call; returns None when (source, delivery_id) was already recorded."""
+                     run_id: int | None = None, payload: str | None = None,
+                     event_at: dt.datetime | None = None) -> int | None:
+        """Record an inbound call (with its redacted payload, in the same transaction); returns None when
+        (source, delivery_id) was already recorded."""
         row = Event(source=source, delivery_id=delivery_id, verified=verified, status=status, reason=reason,
-                    user_id=user_id, body_sha256=body_sha256, run_id=run_id, received_at=self.now())
+                    user_id=user_id, body_sha256=body_sha256, run_id=run_id, received_at=self.now(),
+                    payload=self.redact(payload), event_at=event_at)
         try:
             with self.write() as s:
                 s.add(row)
