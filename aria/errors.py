@@ -5,6 +5,8 @@
     ├── BudgetExhausted        a cap would be passed by the next call: stop, hand off
     ├── ProviderError          an outside service failed (model endpoint, connector)
     │   ├── RetryableProviderError   408/409/429/5xx/connection: worth another attempt
+    │   │   ├── PollingStalled       no getUpdates completed within the stall limit: polling restarted
+    │   │   └── PollingOutage        getUpdates keeps failing; python-telegram-bot keeps retrying
     │   ├── CircuitOpen              not attempted: the breaker is open
     │   └── PriceUnknown             a model with no known price: refused, fails closed
     └── ToolError              a tool failed; the loop records it and tells the model
@@ -48,6 +50,14 @@ class ProviderError(AriaError):
 
 class RetryableProviderError(ProviderError):
     """A failure that another attempt may fix (timeouts, 408/409/429/5xx, connection errors)."""
+
+
+class PollingStalled(RetryableProviderError):
+    """No getUpdates round trip completed for longer than the stall limit; polling was restarted."""
+
+
+class PollingOutage(RetryableProviderError):
+    """getUpdates is failing; python-telegram-bot keeps retrying."""
 
 
 class CircuitOpen(ProviderError):

@@ -37,20 +37,12 @@ from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes, JobQueue
 from telegram.request import HTTPXRequest, RequestData
 
-from aria.errors import RetryableProviderError
+from aria.errors import PollingOutage, PollingStalled
 from aria.ledger import Failure, Ledger
 
 log = logging.getLogger(__name__)
 DEFAULT_POLL_TIMEOUT = 10  # seconds Telegram holds an idle getUpdates: PTB's default long poll
 JOB_NAME = "telegram-poll-watchdog"
-
-
-class PollingStalled(RetryableProviderError):
-    """No getUpdates round trip completed for longer than the stall limit; polling was restarted."""
-
-
-class PollingOutage(RetryableProviderError):
-    """getUpdates is failing; python-telegram-bot keeps retrying."""
 
 
 class PollHealth:
