@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -42,6 +44,14 @@ def clock() -> ManualClock:
 def ledger(tmp_path: Path, clock: ManualClock) -> Ledger:
     """A fresh ledger in a temporary folder, on the manual clock."""
     return Ledger.open(tmp_path / "aria.db", clock=clock)
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 4.0) -> None:  # noqa: ASYNC109
+    """Wait until `condition()` holds: for state the bot settles just after the fake has seen its request."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
 
 
 @asynccontextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ from telegram.ext import Application, ContextTypes, TypeHandler
 from aria.app import Aria
 from aria.ledger import Failure
 from aria.telegram.watchdog import PollHealth, PollingWatchdog, WatchedRequest
+from tests.conftest import eventually
 
 
 class Polling:
@@ -62,37 +62,30 @@ async def make_polling(make_aria: Callable[..., Aria], fake_telegram: Any) -> As
         await application.shutdown()
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 4.0) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_stalled_poll_is_detected_and_polling_restarted(make_polling: Any, fake_telegram: Any) -> None:
     polling = await make_polling(stall_seconds=0.6)
     await fake_telegram.wait_for("getUpdates", count=3)
     assert await polling.watchdog.check() is False  # healthy polling is left alone
     polling.watchdog.schedule(every=0.2)  # the JobQueue drives the checks from here on
     fake_telegram.delay_next("getUpdates", 30)  # the next poll hangs (a half-open connection)
-    await wait_until(lambda: polling.watchdog.restarts == 1)
+    await eventually(lambda: polling.watchdog.restarts == 1)
     (stalled,) = polling.failures()
     assert (stalled.error_type, stalled.handling) == ("PollingStalled", "retried")
     assert "polling restarted" in stalled.message
     update_id = fake_telegram.add_message("still there?")
-    await wait_until(lambda: update_id in polling.seen)  # the restarted poller delivers updates again
+    await eventually(lambda: update_id in polling.seen)  # the restarted poller delivers updates again
 
 
 async def test_an_outage_is_one_failure_row_closed_with_its_duration(make_polling: Any, fake_telegram: Any) -> None:
     polling = await make_polling(stall_seconds=30)
     await fake_telegram.wait_for("getUpdates", count=2)
     fake_telegram.down()
-    await wait_until(lambda: len(polling.failures()) == 1)
+    await eventually(lambda: len(polling.failures()) == 1)
     assert polling.watchdog.health.in_outage
     await asyncio.sleep(0.5)  # PTB keeps retrying with backoff meanwhile
     assert await polling.watchdog.check() is False  # a retrying loop is alive: no restart
     fake_telegram.up()
-    await wait_until(lambda: not polling.watchdog.health.in_outage)
+    await eventually(lambda: not polling.watchdog.health.in_outage)
     (outage,) = polling.failures()
     assert (outage.error_type, outage.handling) == ("PollingOutage", "retried")
     assert "NetworkError" in outage.message and "ended after" in outage.message
@@ -100,4 +93,4 @@ async def test_an_outage_is_one_failure_row_closed_with_its_duration(make_pollin
     assert failed >= 2
     assert polling.watchdog.restarts == 0
     update_id = fake_telegram.add_message("back?")
-    await wait_until(lambda: update_id in polling.seen)
+    await eventually(lambda: update_id in polling.seen)
