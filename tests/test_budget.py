@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+from decimal import ROUND_HALF_UP
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from genai_prices import Usage, calc_price, data_snapshot
+from genai_prices.types import TieredPrices
 from sqlalchemy import func
 from sqlmodel import select
 
 from aria.errors import BudgetExhausted, ConfigError, PriceUnknown
 from aria.ledger import Ledger, Run, Spend
 from aria.llm.budget import Budget, Caps
-from aria.llm.pricing import PriceBook, TokenCounts
+from aria.llm.pricing import PriceBook, TokenCounts, flat_rates
 from aria.llm.tokens import prompt_upper_bound
 
 UTC = ZoneInfo("UTC")
@@ -144,3 +148,35 @@ def test_concurrent_processes_never_pass_the_daily_cap_together(tmp_path: Path) 
 def test_prompt_upper_bound_is_at_least_the_utf8_bytes() -> None:
     messages = [{"role": "user", "content": "héllo wörld " * 50}]
     assert prompt_upper_bound(messages) >= len(("héllo wörld " * 50).encode())
+
+
+def test_flat_rates_price_every_table_model_exactly_as_the_table_does() -> None:
+    now = dt.datetime.now(UTC)
+    usages = [TokenCounts(1000, 500), TokenCounts(1439, 1024), TokenCounts(5000, 300, cached=2000), TokenCounts(1)]
+    compared = declined = 0
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            rates = flat_rates(model.get_prices(now))
+            if rates is None:
+                declined += 1
+                continue
+            for tokens in usages:
+                usage = Usage(input_tokens=tokens.prompt, output_tokens=tokens.completion,
+                              cache_read_tokens=tokens.cached or None)
+                expected = model.calc_price(usage, provider, genai_request_timestamp=now).total_price
+                assert rates.dollars(tokens) == expected, (provider.id, model.id, tokens)
+                compared += 1
+    assert compared > 1000 and declined > 0  # most models are flat; tiered and per-request ones are not
+
+
+def test_a_tiered_model_is_priced_by_the_table_itself() -> None:
+    provider, model = next(
+        (provider, model) for provider in data_snapshot.get_snapshot().providers for model in provider.models
+        if isinstance(vars(model.get_prices(dt.datetime.now(UTC))).get("input_mtok"), TieredPrices))
+    prices = PriceBook(provider_id=provider.id)
+    costs = []
+    for prompt in (1_000, 1_000, 300_000):  # priced by the table, again from the cache, then above the tier
+        expected = calc_price(Usage(input_tokens=prompt, output_tokens=100), model.id, provider_id=provider.id)
+        costs.append(prices.cost_micros(model.id, TokenCounts(prompt, 100)))
+        assert costs[-1] == int((expected.total_price * 1_000_000).to_integral_value(ROUND_HALF_UP))
+    assert costs[2] > costs[0] * 300  # the tier raised the rate: not priced as flat

@@ -11,18 +11,32 @@ An unknown model fails closed (PriceUnknown): a dollar cap that cannot be priced
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import math
 import tomllib
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aria.errors import ConfigError, PriceUnknown
+
+if TYPE_CHECKING:
+    from genai_prices.types import ModelInfo, ModelPrice
 
 PriceSource = Literal["genai-prices", "override"]
 _MICROS = Decimal(1_000_000)
 _MTOK = Decimal(1_000_000)
+_TOKEN_PRICES = ("input_mtok", "output_mtok", "cache_read_mtok")
+# Prices for units Aria never reports (cache writes, searches, audio, images, video): with none of them in the usage
+# they add nothing. A model priced in any other unit (per request, per character, ...) is left to the table's own
+# calculation.
+_UNREPORTED_UNITS = frozenset({
+    "cache_write_mtok", "cache_write_1h_mtok", "web_searches_kcount", "storage_searches_kcount", "input_audio_mtok",
+    "output_audio_mtok", "cache_audio_read_mtok", "audio_hours", "input_audio_hours", "input_image_mtok",
+    "output_image_mtok", "cache_image_read_mtok", "input_video_mtok", "output_video_mtok",
+})
 
 
 @dataclass(frozen=True)
@@ -37,12 +51,30 @@ class TokenCounts:
 
 
 @dataclass(frozen=True)
-class OverridePrice:
-    """Dollars per million tokens from the override file."""
+class FlatRates:
+    """Dollars per million tokens, the same for every token of a kind (no tiers by prompt size): what the override
+    file sets, and what most of the table's prices are."""
 
     input: Decimal
     output: Decimal
     cached_input: Decimal
+
+    def dollars(self, tokens: TokenCounts) -> Decimal:
+        """The price of one call's tokens."""
+        return (Decimal(tokens.prompt - tokens.cached) * self.input + Decimal(tokens.cached) * self.cached_input
+                + Decimal(tokens.completion) * self.output) / _MTOK
+
+
+def flat_rates(price: ModelPrice) -> FlatRates | None:
+    """A table price as flat token rates, when it is one; None when only the table's calculation is exact (tiers,
+    or a unit priced per request or character)."""
+    values = {key: value for key, value in vars(price).items() if value is not None}
+    rates = [values.get(key) for key in _TOKEN_PRICES]
+    input_rate, output_rate, cached = rates
+    if not isinstance(input_rate, Decimal) or not isinstance(output_rate, Decimal) \
+            or not isinstance(cached, Decimal | None) or not set(values) <= {*_TOKEN_PRICES, *_UNREPORTED_UNITS}:
+        return None
+    return FlatRates(input_rate, output_rate, input_rate if cached is None else cached)
 
 
 class PriceBook:
@@ -54,6 +86,7 @@ class PriceBook:
         # Models the table has priced once. Its data is the snapshot bundled with the package, fixed for the life
         # of the process, so such a model stays priced; an unknown model is looked up again each time (fails closed).
         self._table_priced: set[str] = set()
+        self._table_models: dict[str, ModelInfo] = {}
 
     def source(self, model: str) -> PriceSource:
         """Where this model's price comes from; raises PriceUnknown when nowhere."""
@@ -127,33 +160,36 @@ class PriceBook:
     def _dollars(self, model: str, tokens: TokenCounts) -> Decimal:
         override = self.overrides.get(model)
         if override is not None:
-            uncached = Decimal(tokens.prompt - tokens.cached)
-            return (uncached * override.input + Decimal(tokens.cached) * override.cached_input
-                    + Decimal(tokens.completion) * override.output) / _MTOK
+            return override.dollars(tokens)
+        # Every call is priced twice (reservation, settlement); the table's general calculation costs more than the
+        # SQL of a turn, so a flat-priced model (most are) is priced from its rates, which give the same figure.
+        info = self._table_models.get(model)
+        if info is not None:
+            rates = flat_rates(info.get_prices(dt.datetime.now(dt.UTC)))
+            if rates is not None:
+                return rates.dollars(tokens)
         from genai_prices import Usage, calc_price  # deferred: the price table is large
 
         usage = Usage(input_tokens=tokens.prompt, output_tokens=tokens.completion,
                       cache_read_tokens=tokens.cached or None)
-        try:
-            return calc_price(usage, model, provider_id=self.provider_id).total_price
-        except LookupError:
-            if self.provider_id is not None:
-                try:
-                    return calc_price(usage, model).total_price
-                except LookupError:
-                    pass
-            raise PriceUnknown(
-                f"no price known for model {model!r}: add it to the file named by ARIA_PRICES_FILE"
-            ) from None
+        priced = None
+        for provider_id in dict.fromkeys((self.provider_id, None)):  # the configured provider, then any
+            with contextlib.suppress(LookupError):
+                priced = calc_price(usage, model, provider_id=provider_id)
+                break
+        if priced is not None:
+            self._table_models[model] = priced.model
+            return priced.total_price
+        raise PriceUnknown(f"no price known for model {model!r}: add it to the file named by ARIA_PRICES_FILE")
 
 
-def load_overrides(path: Path) -> dict[str, OverridePrice]:
+def load_overrides(path: Path) -> dict[str, FlatRates]:
     """Read the override file; a malformed one is a configuration error naming the file and model."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError([f"ARIA_PRICES_FILE: cannot read {path}: {exc}"]) from None
-    prices: dict[str, OverridePrice] = {}
+    prices: dict[str, FlatRates] = {}
     for model, entry in (data.get("models") or {}).items():
         try:
             input_rate = Decimal(str(entry["input"]))
@@ -165,5 +201,5 @@ def load_overrides(path: Path) -> dict[str, OverridePrice]:
             ) from None
         if min(input_rate, output_rate, cached) < 0:
             raise ConfigError([f"ARIA_PRICES_FILE: model {model!r} has a negative price"])
-        prices[model] = OverridePrice(input_rate, output_rate, cached)
+        prices[model] = FlatRates(input_rate, output_rate, cached)
     return prices
