@@ -8,11 +8,13 @@ from pathlib import Path
 from sqlalchemy import create_engine, inspect
 from sqlmodel import select
 
+from aria.agent.history import LATEST_EXCHANGES
 from aria.ledger import Ledger, Run, Step
 from aria.ledger.db import create_ledger_engine
 from aria.ledger.migrations import MIGRATIONS
 from aria.ledger.models import SQLModel
 from aria.ledger.redact import Redactor
+from aria.llm.budget import DAY_TOTAL
 
 
 def test_database_is_in_wal_mode_and_records_its_migrations(tmp_path: Path) -> None:
@@ -94,3 +96,15 @@ def test_reservations_left_open_by_a_crash_count_as_estimated_cost(tmp_path: Pat
     with ledger.read() as s:
         spend = s.exec(select(Spend)).one()
     assert (spend.status, spend.cost_micros, spend.price_known) == ("settled", 900, False)
+
+
+def test_the_reads_of_every_turn_are_served_by_indexes(tmp_path: Path) -> None:
+    # A year of runs must not make a turn slower: the history and the day's spend are index look-ups, not scans.
+    engine = create_ledger_engine(tmp_path / "aria.db")
+    statements = {"ix_run_chat": LATEST_EXCHANGES.params(chat_id=5), "ix_spend_day_counted": DAY_TOTAL.params(day="x")}
+    with engine.connect() as conn:
+        for index, statement in statements.items():
+            sql = str(statement.compile(engine, compile_kwargs={"literal_binds": True}))
+            plan = " | ".join(row[-1] for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+            assert f"USING INDEX {index}" in plan or f"USING COVERING INDEX {index}" in plan, plan
+            assert "TEMP B-TREE" not in plan, plan  # no sort: the index gives the order

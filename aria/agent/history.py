@@ -4,36 +4,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import col, select
+from sqlalchemy import Connection, bindparam, select
 
-from aria.ledger import Ledger, Run
+from aria.ledger import Run
 from aria.llm.tokens import estimate_tokens
 
 _LOOKBACK = 20  # runs read per chat; the token budget decides how many are kept
 _ANSWERED = ("ok", "degraded", "handoff", "budget_exhausted")
+_RUNS = Run.__table__  # type: ignore[attr-defined]
+# Built once (every turn runs it); index ix_run_chat (chat_id, id) serves it newest first, touching no other chat.
+LATEST_EXCHANGES = (
+    select(_RUNS.c.request, _RUNS.c.final_text)
+    .where(_RUNS.c.chat_id == bindparam("chat_id"), _RUNS.c.status.in_(_ANSWERED),
+           _RUNS.c.trigger.in_(("message", "command")))
+    .order_by(_RUNS.c.id.desc()).limit(_LOOKBACK)
+)
 
 
 class History:
     """Earlier exchanges in a chat, newest kept first when the budget is tight."""
 
-    def __init__(self, ledger: Ledger, budget_tokens: int) -> None:
-        self.ledger = ledger
+    def __init__(self, budget_tokens: int) -> None:
         self.budget = budget_tokens
 
-    def messages(self, chat_id: int | None, *, exclude_run: int | None = None) -> list[dict[str, Any]]:
-        """User/assistant pairs, oldest first, that fit in the token budget."""
+    def messages(self, conn: Connection, chat_id: int | None) -> list[dict[str, Any]]:
+        """User/assistant pairs, oldest first, that fit in the token budget (read in the caller's transaction)."""
         if chat_id is None or self.budget <= 0:
             return []
-        with self.ledger.read() as s:
-            rows = s.exec(
-                select(Run.request, Run.final_text)
-                .where(Run.chat_id == chat_id, col(Run.status).in_(_ANSWERED), Run.id != (exclude_run or -1),
-                       col(Run.trigger).in_(("message", "command")))
-                .order_by(col(Run.id).desc()).limit(_LOOKBACK)
-            ).all()
         kept: list[dict[str, Any]] = []
         left = self.budget
-        for request, answer in rows:
+        for request, answer in conn.execute(LATEST_EXCHANGES, {"chat_id": chat_id}):
             cost = estimate_tokens(request) + estimate_tokens(answer or "")
             if cost > left:
                 break

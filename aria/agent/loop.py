@@ -52,7 +52,7 @@ class Agent:
         self.router = router
         self.tools = runner
         self.policy = policy
-        self.history = History(ledger, settings.history_tokens)
+        self.history = History(settings.history_tokens)
         self.escalation = Escalation(ledger, approvals, runner)
         self._context = context_factory
         if settings.draft_review and caller is not None:
@@ -61,18 +61,23 @@ class Agent:
     async def run(self, request: Request, progress: Progress | None = None) -> Outcome:
         """Handle one request end to end; always returns an Outcome (cancellation marks the run interrupted)."""
         caps = self._caps(request)
-        run_id = self.ledger.start_run(Run(
-            trigger=request.trigger, channel=request.channel, chat_id=request.chat_id, user_id=request.user_id,
-            request=request.text, cap_tokens=caps.tokens, cap_micros=caps.micros, cap_steps=caps.steps,
-            cap_seconds=caps.seconds, started_at=self.ledger.now(),
-        ))
+        # One transaction opens the run and reads what its first call needs: the chat's history (read before the
+        # run exists, so it is not its own) and the day's spend, which decides the models.
+        with self.ledger.write_conn() as conn:
+            past = self.history.messages(conn, request.chat_id)
+            day_spent = self.budget.spent_on(conn, self.budget.today())
+            run_id = self.ledger.record_run(conn, Run(
+                trigger=request.trigger, channel=request.channel, chat_id=request.chat_id,
+                user_id=request.user_id, request=request.text, cap_tokens=caps.tokens, cap_micros=caps.micros,
+                cap_steps=caps.steps, cap_seconds=caps.seconds, started_at=self.ledger.now(),
+            ))
         scope = CallScope(run_id=run_id, caps=caps, deadline=time.monotonic() + caps.seconds)
 
         async def body() -> Outcome:
             if self.caller is None:
                 return self._handoff(scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
                                      "no_model", actions=False)
-            return await self._loop(self._start(request, scope), progress)
+            return await self._loop(self._start(request, scope, past, day_spent), progress)
 
         return await self._guarded(run_id, body)
 
@@ -144,16 +149,15 @@ class Agent:
             stop = await self._handle_calls(state, progress)
         return stop
 
-    def _start(self, request: Request, scope: CallScope) -> RunState:
+    def _start(self, request: Request, scope: CallScope, past: list[dict[str, Any]], day_spent: int) -> RunState:
         now = self.ledger.clock.now().astimezone(self.settings.tz)
         system = system_prompt(now, self.settings.timezone, self.policy.prompt_lines())
-        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
-        messages += self.history.messages(request.chat_id, exclude_run=scope.run_id)
-        messages.append({"role": "user", "content": request.text})
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}, *past,
+                                          {"role": "user", "content": request.text}]
         tools = {spec.name: spec for spec in self.skills.select(request.text)}
         state = RunState(scope=scope, request=request, messages=messages, tools=tools)
         state.route = self.router.route(request.text, escalate=request.escalate)
-        share = self.budget.day_spent() / self.budget.day_cap if self.budget.day_cap else 1.0
+        share = day_spent / self.budget.day_cap if self.budget.day_cap else 1.0
         state.models = self.router.chain(state.route, day_share_used=share)  # type: ignore[arg-type]
         if share >= self.router.cheap_only_share:
             state.escalated = True  # no escalation past the share: the strong model is off for today

@@ -216,7 +216,17 @@ def m004_delivery_and_events(conn: Connection) -> None:
     """)
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events]
+def m005_hot_path_indexes(conn: Connection) -> None:
+    """Indexes for the two reads every turn makes: a chat's latest runs (its history), read without touching any
+    other chat's, and the day's counted spend, summed from the index alone."""
+    _run(conn, """
+    CREATE INDEX ix_run_chat ON run (chat_id, id);
+    CREATE INDEX ix_spend_day_counted ON spend (day, status, reserved_micros, cost_micros)
+    """)
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events,
+                               m005_hot_path_indexes]
 
 
 def applied(conn: Connection) -> set[str]:

@@ -106,10 +106,14 @@ class Ledger:
 
     def start_run(self, run: Run) -> int:
         """Insert a run in state `running`; returns its id."""
+        with self.write_conn() as conn:
+            return self.record_run(conn, run)
+
+    def record_run(self, conn: Connection, run: Run) -> int:
+        """Insert a run in state `running` inside a caller's write transaction; returns its id."""
         run.request = self.redact(run.request) or ""
         run.started_at = run.started_at or self.now()
-        with self.write_conn() as conn:
-            return self.insert_row(conn, run)
+        return self.insert_row(conn, run)
 
     def finish_run(self, run_id: int, status: str, *, stop_reason: str | None = None, final_text: str | None = None,
                    route: str | None = None, model: str | None = None) -> None:

@@ -36,7 +36,7 @@ _ADD_TO_RUN = _RUNS.update().where(_RUNS.c.id == bindparam("row_id")).values(
 )
 _RUN_TOTALS = select(func.coalesce(func.sum(COUNTED_MICROS), 0), func.coalesce(func.sum(_TOKENS), 0)).where(
     col(Spend.run_id) == bindparam("run_id"))
-_DAY_TOTAL = select(func.coalesce(func.sum(COUNTED_MICROS), 0)).where(col(Spend.day) == bindparam("day"))
+DAY_TOTAL = select(func.coalesce(func.sum(COUNTED_MICROS), 0)).where(col(Spend.day) == bindparam("day"))
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,12 @@ class Budget:
     def day_spent(self, day: str | None = None) -> int:
         """Micro-dollars counted against a day (reservations included)."""
         with self.ledger.read_conn() as conn:
-            return int(conn.execute(_DAY_TOTAL, {"day": day or self.today()}).scalar_one())
+            return self.spent_on(conn, day or self.today())
+
+    @staticmethod
+    def spent_on(conn: Connection, day: str) -> int:
+        """day_spent, read in the caller's transaction."""
+        return int(conn.execute(DAY_TOTAL, {"day": day}).scalar_one())
 
     def remaining(self, run_id: int, caps: Caps) -> Remaining:
         """What this run may still spend, in dollars and tokens."""
@@ -102,8 +107,7 @@ class Budget:
 
     def _remaining(self, conn: Connection, run_id: int, caps: Caps, day: str) -> Remaining:
         run_micros, run_tokens = conn.execute(_RUN_TOTALS, {"run_id": run_id}).one()
-        day_micros = conn.execute(_DAY_TOTAL, {"day": day}).scalar_one()
-        return Remaining(run_micros=caps.micros - int(run_micros), day_micros=self.day_cap - int(day_micros),
+        return Remaining(run_micros=caps.micros - int(run_micros), day_micros=self.day_cap - self.spent_on(conn, day),
                          tokens=caps.tokens - int(run_tokens))
 
     def reserve(self, run_id: int, caps: Caps, model: str, prompt_upper: int, *, want: int,
