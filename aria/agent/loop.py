@@ -26,7 +26,7 @@ from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, T
 from aria.approvals import Approvals
 from aria.config import Settings
 from aria.errors import BudgetExhausted, PriceUnknown
-from aria.ledger import MICROS, Approval, Ledger, Run, Step
+from aria.ledger import MICROS, Approval, Ledger, Step
 from aria.llm.budget import Budget, Caps, caps_from_settings
 from aria.llm.client import AllModelsFailed, CallScope, ChatResult, ModelCaller, ToolCallRequest
 from aria.llm.router import Router
@@ -66,11 +66,11 @@ class Agent:
         with self.ledger.write_conn() as conn:
             past = self.history.messages(conn, request.chat_id)
             day_spent = self.budget.spent_on(conn, self.budget.today())
-            run_id = self.ledger.record_run(conn, Run(
-                trigger=request.trigger, channel=request.channel, chat_id=request.chat_id,
-                user_id=request.user_id, request=request.text, cap_tokens=caps.tokens, cap_micros=caps.micros,
-                cap_steps=caps.steps, cap_seconds=caps.seconds, started_at=self.ledger.now(),
-            ))
+            run_id = self.ledger.record_run(conn, {
+                "trigger": request.trigger, "channel": request.channel, "chat_id": request.chat_id,
+                "user_id": request.user_id, "request": request.text, "cap_tokens": caps.tokens,
+                "cap_micros": caps.micros, "cap_steps": caps.steps, "cap_seconds": caps.seconds,
+            })
         scope = CallScope(run_id=run_id, caps=caps, deadline=time.monotonic() + caps.seconds)
 
         async def body() -> Outcome:

@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, Update, bindparam, update
+from sqlalchemy import Connection, Engine, Insert, Table, Update, bindparam, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel, col, select
 
@@ -20,8 +20,14 @@ from aria.ledger.redact import Redactor
 
 SHORT = 500  # characters of a tool result kept on a step row
 _RUNS: Table = Run.__table__  # type: ignore[attr-defined]
+_STEPS: Table = Step.__table__  # type: ignore[attr-defined]
 # Built once, with bound parameters: constructing a statement costs several times what SQLite takes to run it.
 _COUNT_STEP = _RUNS.update().where(_RUNS.c.id == bindparam("row_id")).values(steps=_RUNS.c.steps + 1)
+
+
+@cache
+def _insert_into(table: Table) -> Insert:
+    return table.insert()
 
 
 @cache
@@ -85,14 +91,21 @@ class Ledger:
             yield conn
 
     @staticmethod
-    def insert_row(conn: Connection, row: SQLModel) -> int:
+    def insert(conn: Connection, model: type[SQLModel], values: dict[str, Any]) -> int:
+        """Insert one row from column values, the table's defaults filling the rest; returns its id. The hot path
+        inserts this way: building a table model instance costs more than the INSERT."""
+        table: Table = model.__table__  # type: ignore[attr-defined]
+        return int(conn.execute(_insert_into(table), values).inserted_primary_key[0])
+
+    @classmethod
+    def insert_row(cls, conn: Connection, row: SQLModel) -> int:
         """Insert a table model's row as the ORM would (every column, an unset id left to SQLite); sets the id on
         `row` and returns it."""
         table: Table = row.__table__  # type: ignore[attr-defined]
         values: dict[str, Any] = {column.key: getattr(row, column.key) for column in table.columns}
         if values.get("id") is None:
             values.pop("id", None)
-        new_id = int(conn.execute(table.insert(), values).inserted_primary_key[0])
+        new_id = cls.insert(conn, type(row), values)
         row.id = new_id  # type: ignore[attr-defined]
         return new_id
 
@@ -106,14 +119,16 @@ class Ledger:
 
     def start_run(self, run: Run) -> int:
         """Insert a run in state `running`; returns its id."""
-        with self.write_conn() as conn:
-            return self.record_run(conn, run)
-
-    def record_run(self, conn: Connection, run: Run) -> int:
-        """Insert a run in state `running` inside a caller's write transaction; returns its id."""
         run.request = self.redact(run.request) or ""
         run.started_at = run.started_at or self.now()
-        return self.insert_row(conn, run)
+        with self.write_conn() as conn:
+            return self.insert_row(conn, run)
+
+    def record_run(self, conn: Connection, values: dict[str, Any]) -> int:
+        """Insert a run in state `running` from column values, inside a caller's write transaction; returns its
+        id. The request is redacted; `started_at` defaults to now."""
+        return self.insert(conn, Run, {**values, "request": self.redact(values.get("request")) or "",
+                                       "started_at": values.get("started_at") or self.now()})
 
     def finish_run(self, run_id: int, status: str, *, stop_reason: str | None = None, final_text: str | None = None,
                    route: str | None = None, model: str | None = None) -> None:
@@ -153,17 +168,21 @@ class Ledger:
 
     def add_step(self, step: Step) -> int:
         """Record one step; arguments and result are redacted and trimmed."""
+        values = {column.key: getattr(step, column.key) for column in _STEPS.columns if column.key != "id"}
         with self.write_conn() as conn:
-            return self.record_step(conn, step)
+            step.id = self.insert_step(conn, values)
+            conn.execute(_COUNT_STEP, {"row_id": step.run_id})
+        return step.id
 
-    def record_step(self, conn: Connection, step: Step) -> int:
-        """Record one step inside a caller's write transaction (so it commits with what it describes)."""
-        step.args = self.redact(step.args)
-        step.result = (self.redact(step.result) or "")[:SHORT] if step.result is not None else None
-        step.started_at = step.started_at or self.now()
-        step_id = self.insert_row(conn, step)
-        conn.execute(_COUNT_STEP, {"row_id": step.run_id})
-        return step_id
+    def insert_step(self, conn: Connection, values: dict[str, Any]) -> int:
+        """Insert a step from column values inside a caller's write transaction (so it commits with what it
+        describes); arguments and result are redacted and trimmed. The caller counts it on its run."""
+        result = values.get("result")
+        return self.insert(conn, Step, {
+            **values, "args": self.redact(values.get("args")),
+            "result": (self.redact(result) or "")[:SHORT] if result is not None else None,
+            "started_at": values.get("started_at") or self.now(),
+        })
 
     def add_failure(self, component: str, error: BaseException | str, handling: str, *,
                     run_id: int | None = None, step_id: int | None = None) -> int:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, bindparam, case, func
 from sqlmodel import col, select
 
 from aria.errors import BudgetExhausted
-from aria.ledger import COUNTED_MICROS, Ledger, Run, Spend, Step, usd_to_micros
+from aria.ledger import COUNTED_MICROS, Ledger, Run, Spend, usd_to_micros
 from aria.llm.pricing import PriceBook, TokenCounts
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ _TOKENS = case((Spend.status == "reserved", Spend.reserved_tokens),
 # constructing a statement costs several times what SQLite takes to run it.
 _RUNS = Run.__table__  # type: ignore[attr-defined]
 _ADD_TO_RUN = _RUNS.update().where(_RUNS.c.id == bindparam("row_id")).values(
-    prompt_tokens=_RUNS.c.prompt_tokens + bindparam("add_prompt"),
+    steps=_RUNS.c.steps + bindparam("add_steps"), prompt_tokens=_RUNS.c.prompt_tokens + bindparam("add_prompt"),
     completion_tokens=_RUNS.c.completion_tokens + bindparam("add_completion"),
     cost_micros=_RUNS.c.cost_micros + bindparam("add_cost"), model=bindparam("last_model"),
 )
@@ -132,16 +132,16 @@ class Budget:
                 raise BudgetExhausted(binding, _explain(binding, left, prompt_upper, minimum))
             micros = fitted_micros if max_tokens == by_money else self.prices.worst_case_micros(
                 model, prompt_upper, max_tokens)
-            row = Spend(run_id=run_id, provider=self.provider, model=model, status="reserved",
-                        reserved_tokens=prompt_upper + max_tokens, reserved_micros=micros,
-                        price_source=source, day=day, created_at=self.ledger.now())
-            spend_id = self.ledger.insert_row(conn, row)
+            spend_id = self.ledger.insert(conn, Spend, {
+                "run_id": run_id, "provider": self.provider, "model": model, "status": "reserved",
+                "reserved_tokens": prompt_upper + max_tokens, "reserved_micros": micros, "price_source": source,
+                "day": day, "created_at": self.ledger.now()})
             return Reservation(spend_id, run_id, model, prompt_upper, max_tokens, micros)
 
     def settle(self, reservation: Reservation, tokens: TokenCounts, *, step_id: int | None = None,
-               raw_usage: dict[str, object] | None = None, step: Step | None = None) -> int:
-        """Replace a reservation with the priced usage; returns the cost in micro-dollars. A `step` describing the
-        call is recorded in the same transaction (one commit per call instead of two)."""
+               raw_usage: dict[str, object] | None = None, step: dict[str, Any] | None = None) -> int:
+        """Replace a reservation with the priced usage; returns the cost in micro-dollars. A `step` (column values)
+        describing the call is recorded in the same transaction (one commit per call instead of two)."""
         cost = self.prices.cost_micros(reservation.model, tokens)
         settled = {
             "status": "settled", "step_id": step_id, "cost_micros": cost, "prompt_tokens": tokens.prompt,
@@ -151,10 +151,11 @@ class Budget:
         }
         with self.ledger.write_conn() as conn:
             if step is not None:
-                settled["step_id"] = self.ledger.record_step(conn, step)
+                settled["step_id"] = self.ledger.insert_step(conn, step)
             found = self.ledger.update_row(conn, Spend, reservation.spend_id, settled)
             assert found == 1, f"no reservation {reservation.spend_id}"  # raised inside: the transaction rolls back
-            conn.execute(_ADD_TO_RUN, {"row_id": reservation.run_id, "add_prompt": tokens.prompt,
+            conn.execute(_ADD_TO_RUN, {"row_id": reservation.run_id, "add_steps": int(step is not None),
+                                       "add_prompt": tokens.prompt,
                                        "add_completion": tokens.completion, "add_cost": cost,
                                        "last_model": reservation.model})
         return cost

@@ -157,10 +157,10 @@ class ModelCaller:
             self.ledger.add_failure("llm", error, handling, run_id=scope.run_id, step_id=step_id)
             raise error from None
         breaker.record_success()
-        step = self._step_row(scope, model, "ok", number, started, detail=_summary(result))
+        step = self._step_values(scope, model, "ok", number, started, detail=_summary(result))
         if response.usage is None:
             # No usage reported: the worst case is the only honest figure.
-            self.budget.release(reservation, billed_unknown=True, step_id=self.ledger.add_step(step))
+            self.budget.release(reservation, billed_unknown=True, step_id=self.ledger.add_step(Step(**step)))
             return result
         raw = response.usage.model_dump() if hasattr(response.usage, "model_dump") else None
         cost = self.budget.settle(reservation, result.tokens, raw_usage=raw, step=step)
@@ -205,15 +205,18 @@ class ModelCaller:
 
     def _step(self, scope: CallScope, model: str, status: str, number: int, started: float, *,
               error: Exception | None = None, detail: str | None = None) -> int:
-        return self.ledger.add_step(self._step_row(scope, model, status, number, started, error=error, detail=detail))
+        values = self._step_values(scope, model, status, number, started, error=error, detail=detail)
+        return self.ledger.add_step(Step(**values))
 
-    def _step_row(self, scope: CallScope, model: str, status: str, number: int, started: float, *,
-                  error: Exception | None = None, detail: str | None = None) -> Step:
-        return Step(
-            run_id=scope.run_id, seq=next(scope.seq), kind="llm", name=model, status=status, attempt=number - 1,
-            started_at=self.ledger.now(), latency_ms=int((time.monotonic() - started) * 1000),
-            error_type=type(error).__name__ if error else None, result=detail,
-        )
+    def _step_values(self, scope: CallScope, model: str, status: str, number: int, started: float, *,
+                     error: Exception | None = None, detail: str | None = None) -> dict[str, Any]:
+        """The step row of one attempt, as column values (settling inserts them with the spend)."""
+        return {
+            "run_id": scope.run_id, "seq": next(scope.seq), "kind": "llm", "name": model, "status": status,
+            "attempt": number - 1, "started_at": self.ledger.now(),
+            "latency_ms": int((time.monotonic() - started) * 1000),
+            "error_type": type(error).__name__ if error else None, "result": detail,
+        }
 
 
 def _summary(result: ChatResult) -> str:

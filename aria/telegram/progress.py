@@ -22,20 +22,26 @@ class Typing:
 
     def __init__(self, bot: Bot, chat_id: int) -> None:
         self.bot, self.chat_id = bot, chat_id
+        self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> Typing:
-        self._task = asyncio.create_task(self._loop())
+        # A timer, not a sleeping task: most answers come before it fires, and cancelling it costs nothing.
+        self._timer = asyncio.get_running_loop().call_later(TYPING_AFTER, self._start)
         return self
 
     async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    def _start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
     async def _loop(self) -> None:
-        await asyncio.sleep(TYPING_AFTER)
         while True:
             with contextlib.suppress(TelegramError):  # a lost indicator is cosmetic; the answer still goes out
                 await self.bot.send_chat_action(self.chat_id, ChatAction.TYPING)
