@@ -36,6 +36,7 @@ BASELINE_DAYS = 7
 HOUR = dt.timedelta(hours=1)
 Window = Literal["hour", "day"]
 WINDOWS: tuple[Window, ...] = ("hour", "day")
+BASELINE_REUSE: dict[Window, dt.timedelta] = {"hour": dt.timedelta(minutes=1), "day": dt.timedelta(days=1)}
 
 
 @dataclass(frozen=True)
@@ -57,18 +58,21 @@ class Alerts:
         self.ledger = aria.ledger
         self.tz = aria.settings.tz
         self.factor = aria.settings.anomaly_factor
+        self._baselines: dict[Window, tuple[dt.date, dt.datetime, int | None]] = {}
 
     def check(self, now: dt.datetime | None = None) -> list[str]:
         """Queue the alerts due now; returns their texts (empty when there is nothing new to say)."""
         now = as_utc(now) if now is not None else self.ledger.now()
         day = now.astimezone(self.tz).date()
+        budget_keys = {t: f"alert:budget:{day.isoformat()}:{t}" for t in THRESHOLDS}
+        anomaly_keys = {window: f"alert:anomaly:{day.isoformat()}:{window}" for window in WINDOWS}
+        sent = self.ledger.get_flags([*budget_keys.values(), *anomaly_keys.values()])  # checked after every run
         texts: list[str] = []
-        budget = self._budget_alert(day)
+        budget = self._budget_alert(day, {t: key for t, key in budget_keys.items() if key not in sent})
         if budget is not None:
             texts.append(budget)
-        for window in WINDOWS:
-            key = f"alert:anomaly:{day.isoformat()}:{window}"
-            if self.ledger.get_flag(key) is not None:
+        for window, key in anomaly_keys.items():
+            if key in sent:
                 continue
             anomaly = self.anomaly(window, now)
             if anomaly is not None:
@@ -79,20 +83,21 @@ class Alerts:
 
     # budget -----------------------------------------------------------------------------------------------
 
-    def _budget_alert(self, day: dt.date) -> str | None:
+    def _budget_alert(self, day: dt.date, unsent: dict[int, str]) -> str | None:
+        if not unsent:
+            return None
         cap = self.aria.budget.day_cap
         spent = self.aria.budget.day_spent(day.isoformat())
-        keys = {t: f"alert:budget:{day.isoformat()}:{t}" for t in THRESHOLDS}
-        fresh = [t for t in THRESHOLDS if spent * 100 >= cap * t and self.ledger.get_flag(keys[t]) is None]
+        fresh = [t for t in THRESHOLDS if spent * 100 >= cap * t and t in unsent]
         if not fresh:
             return None
         top = fresh[-1]
         skills = spend_summary(self.ledger, day, day, "skill")[:3]
         text = budget_text(top, spent, cap, ", ".join(f"{s.key} {format_usd(s.cost_micros)}" for s in skills),
                            self.aria.settings.timezone)
-        self._send(keys[top], text)
+        self._send(unsent[top], text)
         for threshold in fresh[:-1]:
-            self.ledger.claim_flag(keys[threshold], "passed")  # jumped over: no separate alert
+            self.ledger.claim_flag(unsent[threshold], "passed")  # jumped over: no separate alert
         return text
 
     # anomalies --------------------------------------------------------------------------------------------
@@ -116,13 +121,23 @@ class Alerts:
         (spent,) = spend_in_windows(self.ledger, windows[:1])
         if spent < MIN_ANOMALY:
             return None  # checked after every run: most of the time one small sum settles it
-        *baseline_windows, history = spend_in_windows(self.ledger, windows[1:])
-        if history == 0:
-            return None  # no recent spend to compare with
-        baseline = max(median_micros(baseline_windows), history // periods)
-        if spent < max(MIN_ANOMALY, round(self.factor * baseline)):
-            return None
+        baseline = self._baseline(window, now, windows[1:], periods)
+        if baseline is None or spent < max(MIN_ANOMALY, round(self.factor * baseline)):
+            return None  # no recent spend to compare with, or nothing unusual
         return Anomaly(window, spent, baseline, runs_behind(self.ledger, *current))
+
+    def _baseline(self, window: Window, now: dt.datetime, windows: list[tuple[dt.datetime, dt.datetime]],
+                  periods: int) -> int | None:
+        """The usual spend for `window` (None without any in the 7 previous days). Past spend does not change, so a
+        baseline is reused: the day's all day, the sliding hour's for up to a minute (its windows move by less)."""
+        day = now.astimezone(self.tz).date()
+        cached = self._baselines.get(window)
+        if cached is not None and cached[0] == day and now - cached[1] < BASELINE_REUSE[window]:
+            return cached[2]
+        *baseline_windows, history = spend_in_windows(self.ledger, windows)
+        baseline = max(median_micros(baseline_windows), history // periods) if history else None
+        self._baselines[window] = (day, now, baseline)
+        return baseline
 
     def _send(self, flag: str, text: str) -> None:
         for owner in self.aria.settings.owner_ids:

@@ -218,10 +218,12 @@ def m004_delivery_and_events(conn: Connection) -> None:
 
 def m005_hot_path_indexes(conn: Connection) -> None:
     """Indexes for the two reads every turn makes: a chat's latest runs (its history), read without touching any
-    other chat's, and the day's counted spend, summed from the index alone."""
+    other chat's, and the day's counted spend, summed from the index alone. The single-column day index is
+    dropped: both composite indexes on (day, ...) serve what it did, and every spend write maintained it."""
     _run(conn, """
     CREATE INDEX ix_run_chat ON run (chat_id, id);
-    CREATE INDEX ix_spend_day_counted ON spend (day, status, reserved_micros, cost_micros)
+    CREATE INDEX ix_spend_day_counted ON spend (day, status, reserved_micros, cost_micros);
+    DROP INDEX ix_spend_day
     """)
 
 

@@ -93,7 +93,7 @@ class Spend(SQLModel, table=True):
     price_known: bool = True
     price_source: str = ""
     usage_json: str | None = None
-    day: str = Field(index=True)  # the owner's local date, YYYY-MM-DD
+    day: str  # the owner's local date, YYYY-MM-DD (indexed with other columns, see migration m005)
     created_at: dt.datetime = Field(index=True)
     settled_at: dt.datetime | None = None
 

@@ -224,6 +224,11 @@ class Ledger:
             row = s.get(KeyValue, key)
             return row.value if row else None
 
+    def get_flags(self, keys: list[str]) -> dict[str, str]:
+        """The flags among `keys` that are set, in one read."""
+        with self.read() as s:
+            return {row.key: row.value for row in s.exec(select(KeyValue).where(col(KeyValue.key).in_(keys)))}
+
     def set_flag(self, key: str, value: str) -> None:
         """Set a durable flag."""
         with self.write() as s:
