@@ -20,7 +20,6 @@ from aria.ledger.redact import Redactor
 
 SHORT = 500  # characters of a tool result kept on a step row
 _RUNS: Table = Run.__table__  # type: ignore[attr-defined]
-_STEPS: Table = Step.__table__  # type: ignore[attr-defined]
 # Built once, with bound parameters: constructing a statement costs several times what SQLite takes to run it.
 _COUNT_STEP = _RUNS.update().where(_RUNS.c.id == bindparam("row_id")).values(steps=_RUNS.c.steps + 1)
 
@@ -34,6 +33,15 @@ def _insert_into(table: Table) -> Insert:
 def _update_by_id(table: Table) -> Update:
     # No .values(): the SET clause is made from the keys passed with each execution.
     return table.update().where(table.c.id == bindparam("row_id"))
+
+
+def column_values(row: SQLModel) -> dict[str, Any]:
+    """A table model's row as column values, an unset id left out (for SQLite to assign)."""
+    table: Table = row.__table__  # type: ignore[attr-defined]
+    values = {column.key: getattr(row, column.key) for column in table.columns}
+    if values.get("id") is None:
+        values.pop("id", None)
+    return values
 
 
 def as_utc(when: dt.datetime) -> dt.datetime:
@@ -101,11 +109,7 @@ class Ledger:
     def insert_row(cls, conn: Connection, row: SQLModel) -> int:
         """Insert a table model's row as the ORM would (every column, an unset id left to SQLite); sets the id on
         `row` and returns it."""
-        table: Table = row.__table__  # type: ignore[attr-defined]
-        values: dict[str, Any] = {column.key: getattr(row, column.key) for column in table.columns}
-        if values.get("id") is None:
-            values.pop("id", None)
-        new_id = cls.insert(conn, type(row), values)
+        new_id = cls.insert(conn, type(row), column_values(row))
         row.id = new_id  # type: ignore[attr-defined]
         return new_id
 
@@ -118,11 +122,10 @@ class Ledger:
     # runs -------------------------------------------------------------------------------------------------
 
     def start_run(self, run: Run) -> int:
-        """Insert a run in state `running`; returns its id."""
-        run.request = self.redact(run.request) or ""
-        run.started_at = run.started_at or self.now()
+        """Insert a run in state `running`; sets its id and returns it."""
         with self.write_conn() as conn:
-            return self.insert_row(conn, run)
+            run.id = self.record_run(conn, column_values(run))
+        return run.id
 
     def record_run(self, conn: Connection, values: dict[str, Any]) -> int:
         """Insert a run in state `running` from column values, inside a caller's write transaction; returns its
@@ -168,9 +171,8 @@ class Ledger:
 
     def add_step(self, step: Step) -> int:
         """Record one step; arguments and result are redacted and trimmed."""
-        values = {column.key: getattr(step, column.key) for column in _STEPS.columns if column.key != "id"}
         with self.write_conn() as conn:
-            step.id = self.insert_step(conn, values)
+            step.id = self.insert_step(conn, column_values(step))
             conn.execute(_COUNT_STEP, {"row_id": step.run_id})
         return step.id
 
