@@ -140,7 +140,10 @@ def digest(
         raise typer.Exit(2) from None
     aria = _build(_settings())
     try:
-        typer.echo(aria.digests.render_to_file(chosen or aria.digests.today(), out))
+        rendered = aria.digests.render_to_file(chosen or aria.digests.today(), out)
+        typer.echo(rendered.text)
+        typer.echo(f"Chart written to {out}." if rendered.png is not None
+                   else f"No chart written: nothing to chart on {rendered.day:%Y-%m-%d}.", err=True)
     finally:
         asyncio.run(aria.aclose())
 

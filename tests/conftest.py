@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -44,6 +46,13 @@ def clock() -> ManualClock:
 def ledger(tmp_path: Path, clock: ManualClock) -> Ledger:
     """A fresh ledger in a temporary folder, on the manual clock."""
     return Ledger.open(tmp_path / "aria.db", clock=clock)
+
+
+def aria_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`aria <args>` in a subprocess, with only `env` for Aria's own settings."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ARIA_", "OPENAI_", "TELEGRAM_"))}
+    return subprocess.run([sys.executable, "-m", "aria.cli", *args], env={**base, **env}, cwd=cwd,
+                          capture_output=True, text=True, timeout=60)
 
 
 async def eventually(condition: Callable[[], bool], timeout: float = 4.0) -> None:  # noqa: ASYNC109

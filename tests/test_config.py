@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from aria.config import Settings, load_settings
 from aria.errors import ConfigError
-
-
-def _aria(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("ARIA_", "OPENAI_", "TELEGRAM_"))}
-    return subprocess.run([sys.executable, "-m", "aria.cli", *args], env={**base, **env}, cwd=cwd,
-                          capture_output=True, text=True, timeout=60)
+from tests.conftest import aria_cli
 
 
 def test_each_invalid_setting_is_named_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -32,7 +24,7 @@ def test_each_invalid_setting_is_named_once(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_bad_settings_exit_2_without_traceback_or_secret(tmp_path: Path) -> None:
     secret = "987654321:SECRET-TOKEN-VALUE-THAT-MUST-NOT-LEAK"
-    result = _aria(["doctor"], {"TELEGRAM_BOT_TOKEN": secret, "ARIA_DAY_MAX_USD": "-5",
+    result = aria_cli(["doctor"], {"TELEGRAM_BOT_TOKEN": secret, "ARIA_DAY_MAX_USD": "-5",
                                 "ARIA_DIGEST_TIME": "25:99"}, tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and secret not in result.stderr + result.stdout
@@ -41,7 +33,7 @@ def test_bad_settings_exit_2_without_traceback_or_secret(tmp_path: Path) -> None
 
 
 def test_run_without_a_token_says_what_to_set(tmp_path: Path) -> None:
-    result = _aria(["run"], {"ARIA_DATA_DIR": str(tmp_path)}, tmp_path)
+    result = aria_cli(["run"], {"ARIA_DATA_DIR": str(tmp_path)}, tmp_path)
     assert result.returncode == 2
     assert "TELEGRAM_BOT_TOKEN" in result.stderr and "ARIA_OWNER_IDS" in result.stderr
     assert "aria chat" in result.stderr and "Traceback" not in result.stderr

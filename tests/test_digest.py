@@ -22,7 +22,7 @@ from aria.digest.service import CATCH_UP_JOB, DAILY_JOB
 from aria.ledger import Failure, Ledger, Run, Spend, Step
 from aria.ledger.models import Outbox as OutboxRow
 from aria.outbox import Outbox
-from tests.conftest import OWNER
+from tests.conftest import OWNER, aria_cli
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NOW = dt.datetime(2026, 3, 10, 15, 0, tzinfo=dt.UTC)  # 16:00 in Berlin, Tuesday 10 March
@@ -307,14 +307,23 @@ def test_render_to_file_writes_the_chart_and_returns_the_text(service: DigestSer
     seed(aria.ledger)
     out = tmp_path / "charts" / "digest.png"
 
-    text = service.render_to_file(DAY, out)
+    text = service.render_to_file(DAY, out).text
 
     assert png_size(out.read_bytes()) == (1080, 1350)
     assert text.startswith("Aria digest · Tue 10 Mar (today)")
     assert "• Today: $0.5200 of $2.00 (26%)" in text
     empty = tmp_path / "empty.png"
-    assert service.render_to_file(dt.date(2025, 1, 1), empty).endswith("No activity yet.")
+    nothing = service.render_to_file(dt.date(2025, 1, 1), empty)
+    assert nothing.text.endswith("No activity yet.") and nothing.png is None
     assert not empty.exists()
+
+
+def test_cli_digest_says_whether_it_wrote_a_chart(tmp_path: Path) -> None:
+    env = {"TELEGRAM_BOT_TOKEN": "123:abc", "ARIA_OWNER_IDS": "1", "ARIA_DATA_DIR": str(tmp_path)}
+    out = tmp_path / "digest.png"
+    result = aria_cli(["digest", "--out", str(out), "--day", "2025-01-01"], env, tmp_path)
+    assert result.returncode == 0 and "No activity yet." in result.stdout
+    assert "No chart written: nothing to chart on 2025-01-01." in result.stderr and not out.exists()
 
 
 def test_status_lines_show_paused_state_and_undelivered_messages(service: DigestService, aria: Aria) -> None:

@@ -82,13 +82,13 @@ class DigestService:
         days = max(1, min(days, MAX_COST_DAYS))
         return await asyncio.to_thread(self._cost, days, self.today())
 
-    def render_to_file(self, day: dt.date, out: Path) -> str:
-        """Write the digest chart of `day` to `out` (no file when there is nothing to chart); returns the text."""
+    def render_to_file(self, day: dt.date, out: Path) -> Digest:
+        """Write the digest chart of `day` to `out` (no file when there is nothing to chart: its `png` is None)."""
         digest = self._digest(day, self.live_state(), self.today(), "")
         if digest.png is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_bytes(digest.png)
-        return digest.text
+        return digest
 
     def status_lines(self) -> list[str]:
         """Lines for /status: pending approvals, circuits, paused state, next jobs, undelivered messages."""
