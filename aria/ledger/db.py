@@ -33,7 +33,9 @@ def create_ledger_engine(path: Path | str, *, upto: str | None = None) -> Engine
         # Writers take the write lock at BEGIN, so a read-check-write (a budget reservation) cannot interleave
         # with another process's; readers stay deferred and never block writers in WAL mode.
         immediate = conn.get_execution_options().get("immediate", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Straight to the driver: every transaction starts here, and a statement through SQLAlchemy costs more than
+        # the BEGIN itself. SQLAlchemy still ends the transaction (commit or rollback) through the driver.
+        conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     with engine.connect() as conn, conn.begin():
         migrate(conn, upto=upto)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 _TOKENS = case((Spend.status == "reserved", Spend.reserved_tokens),
                (Spend.status == "settled", Spend.prompt_tokens + Spend.completion_tokens), else_=0)
-# Built once, with bound parameters: every reservation runs the two sums, every settlement the run's totals, and
+# Built once, with bound parameters: every reservation runs the sums, every settlement the run's totals, and
 # constructing a statement costs several times what SQLite takes to run it.
 _RUNS = Run.__table__  # type: ignore[attr-defined]
 _ADD_TO_RUN = _RUNS.update().where(_RUNS.c.id == bindparam("row_id")).values(
@@ -34,9 +34,11 @@ _ADD_TO_RUN = _RUNS.update().where(_RUNS.c.id == bindparam("row_id")).values(
     completion_tokens=_RUNS.c.completion_tokens + bindparam("add_completion"),
     cost_micros=_RUNS.c.cost_micros + bindparam("add_cost"), model=bindparam("last_model"),
 )
-_RUN_TOTALS = select(func.coalesce(func.sum(COUNTED_MICROS), 0), func.coalesce(func.sum(_TOKENS), 0)).where(
-    col(Spend.run_id) == bindparam("run_id"))
+_RUN_MICROS = select(func.coalesce(func.sum(COUNTED_MICROS), 0)).where(col(Spend.run_id) == bindparam("run_id"))
+_RUN_TOKENS = select(func.coalesce(func.sum(_TOKENS), 0)).where(col(Spend.run_id) == bindparam("run_id"))
 DAY_TOTAL = select(func.coalesce(func.sum(COUNTED_MICROS), 0)).where(col(Spend.day) == bindparam("day"))
+# What is left, in one statement: the run's money and tokens, and the day's money.
+_SPENT = select(_RUN_MICROS.scalar_subquery(), _RUN_TOKENS.scalar_subquery(), DAY_TOTAL.scalar_subquery())
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,8 @@ class Budget:
             return self._remaining(conn, run_id, caps, self.today())
 
     def _remaining(self, conn: Connection, run_id: int, caps: Caps, day: str) -> Remaining:
-        run_micros, run_tokens = conn.execute(_RUN_TOTALS, {"run_id": run_id}).one()
-        return Remaining(run_micros=caps.micros - int(run_micros), day_micros=self.day_cap - self.spent_on(conn, day),
+        run_micros, run_tokens, day_micros = conn.execute(_SPENT, {"run_id": run_id, "day": day}).one()
+        return Remaining(run_micros=caps.micros - int(run_micros), day_micros=self.day_cap - int(day_micros),
                          tokens=caps.tokens - int(run_tokens))
 
     def reserve(self, run_id: int, caps: Caps, model: str, prompt_upper: int, *, want: int,
