@@ -170,13 +170,20 @@ def test_flat_rates_price_every_table_model_exactly_as_the_table_does() -> None:
 
 
 def test_a_tiered_model_is_priced_by_the_table_itself() -> None:
-    provider, model = next(
-        (provider, model) for provider in data_snapshot.get_snapshot().providers for model in provider.models
-        if isinstance(vars(model.get_prices(dt.datetime.now(UTC))).get("input_mtok"), TieredPrices))
+    now = dt.datetime.now(UTC)
+    provider, model, tiered = next(
+        (provider, model, price) for provider in data_snapshot.get_snapshot().providers for model in provider.models
+        if isinstance(price := vars(model.get_prices(now)).get("input_mtok"), TieredPrices)
+        and tiered_rate_rises(price))
     prices = PriceBook(provider_id=provider.id)
-    costs = []
-    for prompt in (1_000, 1_000, 300_000):  # priced by the table, again from the cache, then above the tier
+    above = tiered.tiers[0].start + 1_000  # the cliff: past it, every prompt token pays the tier's rate
+    for prompt in (1_000, 1_000, above):  # priced by the table, again after the model is cached, then past the tier
         expected = calc_price(Usage(input_tokens=prompt, output_tokens=100), model.id, provider_id=provider.id)
-        costs.append(prices.cost_micros(model.id, TokenCounts(prompt, 100)))
-        assert costs[-1] == int((expected.total_price * 1_000_000).to_integral_value(ROUND_HALF_UP))
-    assert costs[2] > costs[0] * 300  # the tier raised the rate: not priced as flat
+        assert prices.cost_micros(model.id, TokenCounts(prompt, 100)) == int(
+            (expected.total_price * 1_000_000).to_integral_value(ROUND_HALF_UP))
+    rate_past_tier = prices.cost_micros(model.id, TokenCounts(above, 0)) / above  # micro-dollars a token = $ / Mtok
+    assert rate_past_tier == pytest.approx(float(tiered.tiers[0].price), rel=1e-3)  # the tier's rate, not the base
+
+
+def tiered_rate_rises(price: TieredPrices) -> bool:
+    return bool(price.tiers) and price.tiers[0].price > price.base
