@@ -105,14 +105,6 @@ class Ledger:
         table: Table = model.__table__  # type: ignore[attr-defined]
         return int(conn.execute(_insert_into(table), values).inserted_primary_key[0])
 
-    @classmethod
-    def insert_row(cls, conn: Connection, row: SQLModel) -> int:
-        """Insert a table model's row as the ORM would (every column, an unset id left to SQLite); sets the id on
-        `row` and returns it."""
-        new_id = cls.insert(conn, type(row), column_values(row))
-        row.id = new_id  # type: ignore[attr-defined]
-        return new_id
-
     @staticmethod
     def update_row(conn: Connection, model: type[SQLModel], row_id: int, values: dict[str, Any]) -> int:
         """Set columns of one row, by id; returns how many rows changed (0 or 1)."""

@@ -102,12 +102,8 @@ class Budget:
         """day_spent, read in the caller's transaction."""
         return int(conn.execute(DAY_TOTAL, {"day": day}).scalar_one())
 
-    def remaining(self, run_id: int, caps: Caps) -> Remaining:
-        """What this run may still spend, in dollars and tokens."""
-        with self.ledger.read_conn() as conn:
-            return self._remaining(conn, run_id, caps, self.today())
-
     def _remaining(self, conn: Connection, run_id: int, caps: Caps, day: str) -> Remaining:
+        """What this run may still spend, in dollars and tokens."""
         run_micros, run_tokens, day_micros = conn.execute(_SPENT, {"run_id": run_id, "day": day}).one()
         return Remaining(run_micros=caps.micros - int(run_micros), day_micros=self.day_cap - int(day_micros),
                          tokens=caps.tokens - int(run_tokens))

@@ -69,8 +69,7 @@ def flat_rates(price: ModelPrice) -> FlatRates | None:
     """A table price as flat token rates, when it is one; None when only the table's calculation is exact (tiers,
     or a unit priced per request or character)."""
     values = {key: value for key, value in vars(price).items() if value is not None}
-    rates = [values.get(key) for key in _TOKEN_PRICES]
-    input_rate, output_rate, cached = rates
+    input_rate, output_rate, cached = (values.get(key) for key in _TOKEN_PRICES)
     if not isinstance(input_rate, Decimal) or not isinstance(output_rate, Decimal) \
             or not isinstance(cached, Decimal | None) or not set(values) <= {*_TOKEN_PRICES, *_UNREPORTED_UNITS}:
         return None
@@ -83,18 +82,17 @@ class PriceBook:
     def __init__(self, overrides_file: Path | None = None, *, provider_id: str | None = None) -> None:
         self.provider_id = provider_id
         self.overrides = load_overrides(overrides_file) if overrides_file else {}
-        # Models the table has priced once. Its data is the snapshot bundled with the package, fixed for the life
-        # of the process, so such a model stays priced; an unknown model is looked up again each time (fails closed).
-        self._table_priced: set[str] = set()
+        # Models the table has priced once, with their entries. Its data is the snapshot bundled with the package,
+        # fixed for the life of the process, so such a model stays priced; an unknown model is looked up again each
+        # time (fails closed).
         self._table_models: dict[str, ModelInfo] = {}
 
     def source(self, model: str) -> PriceSource:
         """Where this model's price comes from; raises PriceUnknown when nowhere."""
         if model in self.overrides:
             return "override"
-        if model not in self._table_priced:
-            self._dollars(model, TokenCounts(prompt=1))
-            self._table_priced.add(model)
+        if model not in self._table_models:
+            self._dollars(model, TokenCounts(prompt=1))  # raises PriceUnknown, or caches the model's entry
         return "genai-prices"
 
     def is_known(self, model: str) -> bool:
