@@ -19,10 +19,12 @@ from aria.agent.toolrun import ToolRunner
 from aria.alerts import Alerts
 from aria.approvals import Approvals
 from aria.breaker import BreakerBoard
+from aria.channel import Channel
 from aria.clock import Clock, SystemClock
 from aria.config import Settings
 from aria.connectors import Connectors
 from aria.digest import DigestService
+from aria.jobs import restore_reminders, schedule_reminder
 from aria.ledger import Ledger
 from aria.ledger.redact import Redactor
 from aria.llm.budget import Budget
@@ -31,6 +33,7 @@ from aria.llm.pricing import PriceBook
 from aria.llm.router import Router
 from aria.outbox import Outbox
 from aria.policy import load_policy
+from aria.runs import RunService
 from aria.scheduler import Scheduler
 from aria.skills import SkillSet, ToolContext, builtin_skills_dir, discover
 
@@ -62,6 +65,8 @@ class Aria:
     telegram_mode: str = "off"  # set by the channel that runs: polling, webhook
     digests: DigestService = field(init=False, repr=False)
     alerts: Alerts = field(init=False, repr=False)
+    runs: RunService = field(init=False, repr=False)
+    channels: list[Channel] = field(default_factory=list, repr=False)
     _openai: openai.AsyncOpenAI | None = field(default=None, repr=False)
 
     @classmethod
@@ -96,7 +101,31 @@ class Aria:
                    _openai=client)
         aria.digests = DigestService(aria, aria.outbox)
         aria.alerts = Alerts(aria, aria.outbox)
+        aria.runs = RunService(aria)
         return aria
+
+    async def start(self, *channels: Channel) -> None:
+        """Start serving `channels`: their delivery first (what an earlier process left undelivered goes out), then
+        recovery of what it left unfinished, then the jobs whose state lives in the ledger (reminders, approval
+        expiries, the daily digest) and the scheduler. Every channel (Telegram, `aria chat`) starts this way."""
+        for channel in channels:
+            self.runs.attach(channel)
+            await channel.start()
+            self.channels.append(channel)
+        await self.runs.recover()
+        self.on_reminder = lambda reminder_id, due_at: schedule_reminder(self, self.outbox, reminder_id, due_at)
+        restore_reminders(self, self.outbox)
+        self.digests.schedule(self.scheduler)
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        """Stop in reverse order: the scheduler, background runs (left for the next start to resume), then each
+        channel's delivery after the message in flight. Undelivered messages stay in the outbox."""
+        self.scheduler.shutdown()
+        await self.runs.stop()
+        for channel in reversed(self.channels):
+            await channel.stop()
+        self.channels.clear()
 
     def tool_context(self, run_id: int, request: Request) -> ToolContext:
         """What a tool of this run may use."""

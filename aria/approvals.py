@@ -1,13 +1,14 @@
 """Escalated actions: the approval state machine, with exactly-once execution.
 
     pending ──approve──> approved ──claim──> executing ──> executed | failed
-       │  └──reject───> rejected
+       │  └──reject───> rejected                  └──crash──> unknown (it may have run)
        └──expire───> expired
 
 Every transition is one compare-and-set UPDATE (`WHERE status = <expected>`), so a double press, two presses at
 once, a duplicated update or a second process can win it only once. The action runs only for the caller that won
-`approved -> executing`; a crash while executing leaves `executing`, which start-up turns into `failed` rather than
-running the action a second time (at most once beats twice for actions with side effects).
+`approved -> executing`; a crash while executing leaves `executing`, which start-up turns into `unknown` ("may have
+run") rather than running the action a second time or recording it as not run. An `approved` approval whose action
+never began is carried out at start-up.
 """
 
 from __future__ import annotations
@@ -22,10 +23,18 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from aria.ledger import Approval, Ledger
+from aria.ledger.models import ApprovalStatus
 
 Decision = Literal["approve", "reject"]
-PressResult = Literal["approved", "rejected", "not_found", "expired", "already_decided", "stale", "paused"]
+PressResult = Literal["approved", "rejected", "not_found", "expired", "already_decided", "stale"]
 CALLBACK_PREFIX = "ap"
+REFUSALS: dict[PressResult, str] = {
+    "not_found": "That approval does not exist.",
+    "stale": "That button does not match the action on record; nothing was done.",
+    "expired": "That approval has expired; nothing was run.",
+    "already_decided": "Already decided; nothing more was done.",
+}
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a bigger id in button data names nothing
 
 
 def args_hash(tool: str, arguments: dict[str, Any]) -> str:
@@ -51,7 +60,9 @@ class Press:
 def parse_callback(data: str | None) -> Press | None:
     """Approval button data, or None for anything that doesn't parse."""
     parts = (data or "").split(":")
-    if len(parts) != 4 or parts[0] != CALLBACK_PREFIX or not parts[1].isdigit() or parts[2] not in ("a", "r", "d"):
+    if len(parts) != 4 or parts[0] != CALLBACK_PREFIX or parts[2] not in ("a", "r", "d"):
+        return None
+    if not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 19 and int(parts[1]) <= MAX_ID):
         return None
     if len(parts[3]) != 12 or any(c not in "0123456789abcdef" for c in parts[3]):
         return None
@@ -105,7 +116,7 @@ class Approvals:
         if row.status == "pending" and row.expires_at <= now:
             self.expire(row.id or 0)
             return "expired"
-        new = "approved" if press.verb == "a" else "rejected"
+        new: ApprovalStatus = "approved" if press.verb == "a" else "rejected"
         won = self._transition(press.approval_id, "pending", new, decided_by=user_id, decided_at=now,
                                extra=[col(Approval.expires_at) > now])
         return new if won else "already_decided"  # type: ignore[return-value]
@@ -130,16 +141,13 @@ class Approvals:
             return list(s.exec(select(Approval).where(Approval.status == "pending",
                                                       col(Approval.expires_at) <= self.ledger.now())))
 
-    def recover_interrupted(self) -> list[Approval]:
-        """At start-up: actions caught mid-execution by a crash are failed, never re-run."""
-        with self.ledger.read() as s:
-            stuck = list(s.exec(select(Approval).where(Approval.status == "executing")))
-        for row in stuck:
-            self.finish_execution(row.id or 0, ok=False, result="interrupted while executing; not run again")
-        return stuck
+    def mark_unknown(self, approval_id: int) -> bool:
+        """executing -> unknown: the process stopped while the action ran, so it may have run; it is not run again."""
+        return self._transition(approval_id, "executing", "unknown", executed_at=self.ledger.now(),
+                                result="may have run: Aria stopped while the action was executing; not run again")
 
-    def _transition(self, approval_id: int, old: str, new: str, *, extra: list[Any] | None = None,
-                    **values: Any) -> bool:
+    def _transition(self, approval_id: int, old: ApprovalStatus, new: ApprovalStatus, *,
+                    extra: list[Any] | None = None, **values: Any) -> bool:
         with self.ledger.write() as s:
             result = s.execute(
                 update(Approval)

@@ -3,6 +3,7 @@
     AriaError
     ├── ConfigError            a setting is missing or invalid (names the variable, never the secret)
     ├── BudgetExhausted        a cap would be passed by the next call: stop, hand off
+    ├── LedgerUnavailable      the ledger cannot be written (disk full, read-only): nothing acts until it can
     ├── ProviderError          an outside service failed (model endpoint, connector)
     │   ├── RetryableProviderError   408/409/429/5xx/connection: worth another attempt
     │   │   ├── PollingStalled       no getUpdates completed within the stall limit: polling restarted
@@ -37,6 +38,14 @@ class BudgetExhausted(AriaError):
         self.cap = cap
         self.detail = detail
         super().__init__(f"{cap} cap reached: {detail}")
+
+
+class LedgerUnavailable(AriaError):
+    """The ledger refused a write (disk full, read-only file, I/O error): Aria must not act while it cannot record."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"the ledger cannot be written: {reason}")
 
 
 class ProviderError(AriaError):

@@ -22,6 +22,7 @@ arrival ``settle_seconds``, then takes the oldest waiting event first, so close 
 arriving after a newer one was handled says so in its run. The source's rule (built in: ``alertmanager``, ``github``;
 else generic; ``ARIA_EVENT_RULES_FILE`` overrides ``prompt``/``notify`` per ``[sources.<name>]``) makes the request.
 Events with nothing to report (GitHub successes, pings) are marked processed without a run: no model call.
+A run's outcome reaches the owner through the run service, written with the run (it cannot be lost).
 Events accepted but not processed when the process stopped are queued again by ``start()``.
 """
 
@@ -35,23 +36,22 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlmodel import col, select
 
-from aria.agent.outcome import Outcome
 from aria.agent.state import Request
 from aria.event_rules import Rule, digest, load_rules, render, rule_for
 from aria.ledger import Event, as_utc
 
 if TYPE_CHECKING:
     from aria.app import Aria
+    from aria.channel import Channel
 
 log = logging.getLogger(__name__)
 
-Deliver = Callable[[int, Outcome], Awaitable[None]]  # tells the owner a run's outcome (text and buttons)
 Verdict = Literal["accepted", "duplicate", "refused"]
 
 SIGNATURE_HEADER = "x-aria-signature"
@@ -60,6 +60,7 @@ DELIVERY_HEADER = "x-aria-delivery"
 GITHUB_SIGNATURE_HEADER = "x-hub-signature-256"
 GITHUB_DELIVERY_HEADER = "x-github-delivery"
 FUTURE_SKEW_SECONDS = 60.0
+MAX_EVENT_AHEAD = dt.timedelta(days=1)  # an event time further ahead than this is not believed
 
 
 class BodyTooLarge(ValueError):
@@ -104,12 +105,12 @@ class _Queued:
 class EventIngress:
     """Verifies, records and queues events; one background worker per source turns them into runs."""
 
-    def __init__(self, aria: Aria, deliver: Deliver, *, settle_seconds: float = 1.0,
+    def __init__(self, aria: Aria, channel: Channel, *, settle_seconds: float = 1.0,
                  rules: Mapping[str, Rule] | None = None) -> None:
         self._aria = aria
         self._ledger = aria.ledger
         self._settings = aria.settings
-        self._deliver = deliver
+        self._channel = channel
         self._settle = settle_seconds
         self.rules = dict(rules) if rules is not None else load_rules(aria.settings.event_rules_file)
         self._pending: dict[str, list[_Queued]] = {}
@@ -138,6 +139,8 @@ class EventIngress:
             payload = json.loads(text)
         except ValueError:  # UnicodeDecodeError is one
             return self._reject(source, 400, "refused", "body is not UTF-8 JSON", sha, verified=True)
+        except RecursionError:
+            return self._reject(source, 400, "refused", "body is nested too deeply", sha, verified=True)
         return self._accept(source, headers, text, payload, sha, stamp)
 
     def _verify(self, source: str, secret: bytes, headers: Mapping[str, str],
@@ -169,8 +172,10 @@ class EventIngress:
         delivery = headers.get(DELIVERY_HEADER) or (headers.get(GITHUB_DELIVERY_HEADER) if source == "github" else None)
         if stamp is None and self._seen_body(source, sha):
             return self._reject(source, 200, "duplicate", "same body as an event already accepted", sha, verified=True)
-        event_at = digest(source, payload).at or (dt.datetime.fromtimestamp(stamp, dt.UTC) if stamp else None)
         received = self._ledger.now()
+        event_at = digest(source, payload).at or (dt.datetime.fromtimestamp(stamp, dt.UTC) if stamp else None)
+        if event_at is not None and event_at > received + MAX_EVENT_AHEAD:
+            event_at = None  # an absurd time (year 9999) would order every later event behind it
         event_id = self._ledger.record_event(source, status="accepted", verified=True,
                                              delivery_id=(delivery or sha)[:200], body_sha256=sha, payload=text,
                                              event_at=event_at)
@@ -260,12 +265,13 @@ class EventIngress:
             self._newest[item.source] = item.event_at
         rule = rule_for(self.rules, item.source)
         owner = self._settings.owner_ids[0] if self._settings.owner_ids else None
-        outcome = await self._aria.agent.run(Request(render(item.source, rule, found, item.event_at, late),
-                                                     trigger="event", channel="webhook", chat_id=owner))
-        self._finish(item.event_id, outcome.run_id)
-        await asyncio.to_thread(self._aria.alerts.check)
-        if rule.notify and owner is not None:
-            await self._tell(owner, outcome)
+        # The run service writes the outcome for the owner with the run (when the rule notifies), gives an approval
+        # request its expiry job and message id, and checks the alerts, as for any other channel.
+        outcome = await self._aria.runs.handle(
+            Request(render(item.source, rule, found, item.event_at, late), trigger="event", channel="webhook",
+                    chat_id=owner), self._channel, notify=rule.notify, live=False)
+        if outcome is not None:
+            self._finish(item.event_id, outcome.run_id)
 
     def _finish(self, event_id: int, run_id: int | None) -> None:
         with self._ledger.write() as session:
@@ -273,10 +279,3 @@ class EventIngress:
             if row is not None:
                 row.processed_at, row.run_id = self._ledger.now(), run_id
                 session.add(row)
-
-    async def _tell(self, owner: int, outcome: Outcome) -> None:
-        try:
-            await self._deliver(owner, outcome)
-        except Exception as exc:  # the text stays on the run row; one failed delivery must not stop the worker
-            log.exception("could not deliver the outcome of event run %s", outcome.run_id)
-            self._ledger.add_failure("events", exc, "reported", run_id=outcome.run_id)

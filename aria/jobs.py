@@ -7,11 +7,14 @@ they fire after a restart too; overdue ones fire at once.
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
-from aria.app import Aria
 from aria.ledger import Reminder
 from aria.outbox import Outbox
 from aria.reminders import mark_fired, pending_reminders
+
+if TYPE_CHECKING:
+    from aria.app import Aria
 
 
 def schedule_reminder(aria: Aria, outbox: Outbox, reminder_id: int, due_at: dt.datetime) -> None:

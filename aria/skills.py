@@ -52,7 +52,6 @@ class ToolContext:
     connectors: Connectors | None = None
     # Called after a reminder row is written, so the scheduler can add a job for it.
     on_reminder: Callable[[int, dt.datetime], None] | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,7 @@ def status_text(aria: Aria) -> str:
     endpoint = aria.settings.openai_base_url or ("api.openai.com" if aria.caller else "not configured")
     lines = [
         f"Aria {aria.version}, up {_duration(uptime)}",
+        *_ledger_lines(aria),
         f"Model endpoint: {endpoint} (cheap {aria.settings.model_cheap}, strong {aria.settings.model_strong})",
         f"Spend today: ${spent / MICROS:.4f} of ${aria.settings.day_max_usd:.2f} "
         f"({_share(spent, aria.budget.day_cap)})",
@@ -98,6 +99,14 @@ def status_text(aria: Aria) -> str:
     if aria.skills.broken:
         lines.append("Broken skills: " + ", ".join(b.name for b in aria.skills.broken))
     return "\n".join(lines)
+
+
+def _ledger_lines(aria: Aria) -> list[str]:
+    health = aria.ledger.health
+    if health.writable:
+        return []
+    since = f" since {health.since:%H:%M} UTC" if health.since else ""
+    return [f"⚠ Ledger: cannot be written{since} ({health.reason}). Not acting: no model calls, no tools."]
 
 
 def _share(part: int, whole: int) -> str:

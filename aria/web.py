@@ -49,6 +49,7 @@ class Health:
     """Readiness for a process manager, and the lines /status can show."""
 
     database: str  # "ok" or the error's type
+    ledger: str  # "writable", or why not (a full disk, a read-only file): then Aria is not acting
     scheduler: Literal["running", "stopped"]
     telegram: TelegramMode
     open_circuits: list[str] = field(default_factory=list)
@@ -56,11 +57,12 @@ class Health:
 
     @property
     def ready(self) -> bool:
-        """Database answers, the scheduler runs, and Telegram (when served here) is running.
+        """Database answers and takes writes, the scheduler runs, and Telegram (when served here) is running.
 
         Open circuits are reported but do not fail readiness: restarting Aria does not bring a remote service back.
         """
-        return self.database == "ok" and self.scheduler == "running" and self.telegram != "stopped"
+        return (self.database == "ok" and self.ledger == "writable" and self.scheduler == "running"
+                and self.telegram != "stopped")
 
     def as_json(self) -> dict[str, Any]:
         """The /healthz body."""
@@ -85,7 +87,8 @@ def health(aria: Aria, application: Application | None) -> Health:  # type: igno
                 open_.append(row.key)
             elif row.state != "closed":
                 half_open.append(row.key)
-    return Health(database=database, scheduler="running" if aria.scheduler.running else "stopped",
+    return Health(database=database, ledger=aria.ledger.health.reason or "writable",
+                  scheduler="running" if aria.scheduler.running else "stopped",
                   telegram=telegram_mode(application), open_circuits=open_, half_open_circuits=half_open)
 
 
@@ -126,7 +129,7 @@ class _Endpoints:
             if not isinstance(update_id, int) or isinstance(update_id, bool):
                 raise TypeError("update_id is not an integer")
             update = Update.de_json(data, self.application.bot)
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # Unicode/JSON errors are ValueErrors
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:  # JSON errors: ValueError
             return self._refuse(400, f"malformed update ({type(exc).__name__})", verified=True, body_sha256=sha)
         user = update.effective_user
         if user is None or user.id not in self.aria.settings.owner_ids:

@@ -32,7 +32,7 @@ from telegram import Update
 from telegram.ext import Application, ContextTypes, TypeHandler
 
 from aria.app import Aria
-from aria.telegram.bot import build_application
+from aria.telegram.bot import build_application, channel_of
 from bench.common import OWNER, find_reply, grid, median, percentile, settings_for, verdict
 from bench.floor_bot import build_floor_bot
 from tests.fakes import FakeOpenAI, FakeTelegram
@@ -141,20 +141,22 @@ async def _block(host: Any, side: Side, received: Received, turns: int, offset: 
         await updater.stop()
 
 
-async def _start(application: App) -> None:
-    """What `run_polling` does before it polls (the updater is started per block)."""
+async def _start(application: App, aria: Aria | None = None) -> None:
+    """What `aria run` (or the floor's `run_polling`) does before it polls (the updater is started per block)."""
     await application.initialize()
-    if application.post_init is not None:
-        await application.post_init(application)
+    if aria is not None:
+        await aria.start(channel_of(application))
     await application.start()
 
 
-async def _stop(application: App) -> None:
-    """What `run_polling` does after it polls: the post_* hooks close Aria and the floor's clients."""
+async def _stop(application: App, aria: Aria | None = None) -> None:
+    """What `aria run` (or `run_polling`) does after it polls; the floor's post_shutdown closes its clients."""
     await application.stop()
-    if application.post_stop is not None:
-        await application.post_stop(application)
+    if aria is not None:
+        await aria.stop()
     await application.shutdown()
+    if aria is not None:
+        await aria.aclose()
     if application.post_shutdown is not None:
         await application.post_shutdown(application)
 
@@ -162,7 +164,7 @@ async def _stop(application: App) -> None:
 async def _measure(sides: list[Side], host: Any, received: Received, turns: int, blocks: int) -> None:
     applications = list({id(side.application): side.application for side in sides}.values())
     for application in applications:
-        await _start(application)
+        await _start(application, application.bot_data.get("aria"))
     try:
         for side in sides:  # warm-up: imports, connection pools, the price table
             await _block(host, side, received, max(3, turns // 20), offset=-1000, record=False)
@@ -172,7 +174,7 @@ async def _measure(sides: list[Side], host: Any, received: Received, turns: int,
                 await _block(host, side, received, per_block, offset=block * per_block, record=True)
     finally:
         for application in applications:
-            await _stop(application)
+            await _stop(application, application.bot_data.get("aria"))
 
 
 def _row(side: Side, floor: Side) -> list[str]:

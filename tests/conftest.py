@@ -65,13 +65,12 @@ async def eventually(condition: Callable[[], bool], timeout: float = 4.0) -> Non
 
 @asynccontextmanager
 async def polling(aria: Aria) -> AsyncIterator[Any]:
-    """Aria's Application polling the fake Bot API as `aria run` would: post_init and post_stop included."""
-    from aria.telegram.bot import build_application
+    """Aria's Application polling the fake Bot API as `aria run` would: Aria started with its Telegram channel."""
+    from aria.telegram.bot import build_application, channel_of
 
     application = build_application(aria)
     await application.initialize()
-    assert application.post_init is not None and application.post_stop is not None
-    await application.post_init(application)
+    await aria.start(channel_of(application))
     await application.start()
     assert application.updater is not None
     await application.updater.start_polling(timeout=1, poll_interval=0)
@@ -80,7 +79,7 @@ async def polling(aria: Aria) -> AsyncIterator[Any]:
     finally:
         await application.updater.stop()
         await application.stop()
-        await application.post_stop(application)
+        await aria.stop()
         await application.shutdown()
 
 

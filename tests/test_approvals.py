@@ -16,7 +16,6 @@ from aria.app import Aria
 from aria.approvals import callback_data
 from aria.clock import ManualClock
 from aria.ledger import Approval, Event, Run
-from aria.telegram.approval_handlers import expire_due
 from tests.conftest import OWNER, STRANGER, marks, polling
 
 MakeAria = Callable[..., Aria]
@@ -159,13 +158,13 @@ async def test_expiry_with_an_injected_clock_closes_the_run(bot_aria: Callable[.
                                                             fake_openai: Any) -> None:
     clock = ManualClock(dt.datetime(2026, 6, 1, 9, tzinfo=dt.UTC))
     aria = bot_aria(clock=clock, approval_ttl_hours=24)
-    async with polling(aria) as application:
+    async with polling(aria):
         await _ask(fake_telegram, fake_openai)
         approval = await _approval_with_message(aria)
         clock.advance(hours=23)
-        assert await expire_due(aria, application.bot) == 0
+        assert await aria.runs.expire_due() == 0
         clock.advance(hours=2)
-        assert await expire_due(aria, application.bot) == 1
+        assert await aria.runs.expire_due() == 1
         await shown(fake_telegram, "expired, so nothing was run")
         fake_telegram.press_button(callback_data(approval, "a"), user_id=OWNER, message_id=approval.message_id)
         (answer,) = await fake_telegram.wait_for("answerCallbackQuery")
@@ -240,7 +239,7 @@ async def test_pause_skips_scheduled_actions_and_risky_tools(make_aria: MakeAria
     assert await aria.scheduler.execute("nightly-restart", act, (), True) == "ok" and calls == ["acted"]
 
 
-async def test_interrupted_execution_is_failed_not_rerun(make_aria: MakeAria, probe_skills: Path) -> None:
+async def test_an_interrupted_execution_is_unknown_and_never_rerun(make_aria: MakeAria, probe_skills: Path) -> None:
     aria = make_aria(skills_dir=probe_skills)
     approval = aria.approvals.create(run_id=1, tool="write_mark", skill="probes", arguments={"label": "x"},
                                      risk="risky", summary="mark", chat_id=OWNER, resume_state={})
@@ -249,9 +248,10 @@ async def test_interrupted_execution_is_failed_not_rerun(make_aria: MakeAria, pr
         assert row is not None
         row.status = "executing"
         s.add(row)
-    assert [a.id for a in aria.approvals.recover_interrupted()] == [approval.id]
+    assert aria.approvals.mark_unknown(approval.id or 0)
     assert aria.approvals.claim_execution(approval.id or 0) is False
-    assert (aria.approvals.get(approval.id or 0) or approval).status == "failed"
+    marked = aria.approvals.get(approval.id or 0) or approval
+    assert marked.status == "unknown" and "may have run" in (marked.result or "")
 
 
 async def test_concurrent_decisions_have_exactly_one_winner(make_aria: MakeAria) -> None:

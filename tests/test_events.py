@@ -15,8 +15,8 @@ import httpx
 import pytest
 from sqlmodel import select
 
-from aria.agent.outcome import Outcome
 from aria.app import Aria
+from aria.channel import Quiet
 from aria.errors import ConfigError
 from aria.event_rules import load_rules
 from aria.events import EventIngress
@@ -30,13 +30,33 @@ BACKUP_SECRET = "backup-secret-555555"
 
 
 class Inbox:
-    """The `deliver` callback: records what the owner would be sent."""
+    """A channel standing in for Telegram: records what the owner is delivered, from the outbox rows."""
 
-    def __init__(self) -> None:
+    name = "telegram"
+
+    def __init__(self, aria: Aria) -> None:
+        self.aria = aria
         self.messages: list[tuple[int, str]] = []
 
-    async def __call__(self, chat_id: int, outcome: Outcome) -> None:
-        self.messages.append((chat_id, outcome.text))
+    def live(self, chat_id: int | None) -> Quiet:
+        return Quiet()
+
+    async def deliver(self, outbox_id: int) -> int | None:
+        row = self.aria.outbox.get(outbox_id)
+        assert row is not None
+        self.messages.append((row.chat_id, row.text))
+        self.aria.outbox.mark_delivered(outbox_id, None)
+        return None
+
+    async def tell_directly(self, chat_id: int, text: str) -> bool:
+        self.messages.append((chat_id, text))
+        return True
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
 
 
 def signed(body: bytes, secret: str = AM_SECRET, timestamp: int | None = None, **extra: str) -> dict[str, str]:
@@ -95,7 +115,8 @@ async def make_harness(make_aria: Callable[..., Aria]) -> AsyncIterator[Callable
                                                     "backup": BACKUP_SECRET}, "event_max_bytes": 1024}
         values.update(overrides)
         aria = make_aria(**values)
-        inbox = Inbox()
+        inbox = Inbox(aria)
+        aria.runs.attach(inbox)
         ingress = EventIngress(aria, inbox, settle_seconds=settle_seconds)
         client = httpx.AsyncClient(transport=httpx.ASGITransport(app=build_web_app(aria, None, ingress=ingress)),
                                    base_url="http://aria.test")

@@ -11,8 +11,8 @@ from telegram import Bot
 from aria.agent.state import Request
 from aria.app import Aria
 from aria.jobs import fire_reminder, restore_reminders
-from aria.outbox import OutboxSender
 from aria.reminders import pending_reminders
+from aria.telegram.sender import OutboxSender
 from tests.conftest import OWNER, polling
 
 MakeAria = Callable[..., Aria]

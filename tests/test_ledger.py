@@ -76,15 +76,20 @@ def test_step_text_is_redacted_and_trimmed(tmp_path: Path) -> None:
     assert run.steps == 1
 
 
-def test_interrupted_runs_are_marked_at_start_up(tmp_path: Path) -> None:
+def test_runs_of_a_dead_process_are_orphans_and_live_ones_are_not(tmp_path: Path) -> None:
     ledger = Ledger.open(tmp_path / "aria.db")
-    run_id = ledger.start_run(Run(trigger="message", channel="telegram", started_at=ledger.now()))
-    assert Ledger.open(tmp_path / "aria.db").mark_interrupted() == 1
-    run = ledger.run(run_id)
-    assert run is not None and run.status == "interrupted"
+    live = ledger.start_run(Run(trigger="message", channel="telegram", started_at=ledger.now()))
+    dead = ledger.start_run(Run(trigger="message", channel="telegram", started_at=ledger.now()))
+    with ledger.write_conn() as conn:
+        ledger.update_row(conn, Run, dead, {"worker": "999999999:1.00"})  # no such process
+    later = Ledger.open(tmp_path / "aria.db")  # the same process: its own live run is not an orphan
+    later.worker = "another-process"
+    assert [run.id for run in later.orphaned_runs()] == [dead]
+    assert later.adopt_run(later.run(dead) or Run(trigger="", channel="", started_at=ledger.now()))
+    assert live != dead
 
 
-def test_reservations_left_open_by_a_crash_count_as_estimated_cost(tmp_path: Path) -> None:
+def test_reservations_of_dead_runs_are_closed_as_estimated_cost(tmp_path: Path) -> None:
     from aria.ledger import Spend
 
     ledger = Ledger.open(tmp_path / "aria.db")
@@ -92,7 +97,7 @@ def test_reservations_left_open_by_a_crash_count_as_estimated_cost(tmp_path: Pat
     with ledger.write() as s:
         s.add(Spend(run_id=run_id, provider="openai", model="gpt-4o", status="reserved", reserved_micros=900,
                     day="2026-01-01", created_at=ledger.now()))
-    Ledger.open(tmp_path / "aria.db").mark_interrupted()
+    assert Ledger.open(tmp_path / "aria.db").close_reservations([run_id]) == 1
     with ledger.read() as s:
         spend = s.exec(select(Spend)).one()
     assert (spend.status, spend.cost_micros, spend.price_known) == ("settled", 900, False)
@@ -101,7 +106,8 @@ def test_reservations_left_open_by_a_crash_count_as_estimated_cost(tmp_path: Pat
 def test_the_reads_of_every_turn_are_served_by_indexes(tmp_path: Path) -> None:
     # A year of runs must not make a turn slower: the history and the day's spend are index look-ups, not scans.
     engine = create_ledger_engine(tmp_path / "aria.db")
-    statements = {"ix_run_chat": LATEST_EXCHANGES.params(chat_id=5), "ix_spend_day_counted": DAY_TOTAL.params(day="x")}
+    statements = {"ix_run_chat": LATEST_EXCHANGES.params(chat_id=5, before=2**62),
+                  "ix_spend_day_counted": DAY_TOTAL.params(day="x")}
     with engine.connect() as conn:
         for index, statement in statements.items():
             sql = str(statement.compile(engine, compile_kwargs={"literal_binds": True}))

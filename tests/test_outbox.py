@@ -17,7 +17,8 @@ from aria.agent.outcome import Action
 from aria.clock import ManualClock
 from aria.ledger import Failure, Ledger
 from aria.ledger.models import Outbox as OutboxRow
-from aria.outbox import RETRY_BASE, RETRY_CAP, Outbox, OutboxSender, backoff_seconds
+from aria.outbox import RETRY_BASE, RETRY_CAP, Outbox, backoff_seconds
+from aria.telegram.sender import OutboxSender
 from tests.conftest import OWNER, SleepRecorder
 from tests.fakes import FakeTelegram
 

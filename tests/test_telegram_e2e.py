@@ -178,7 +178,7 @@ async def test_a_cancelled_run_is_marked_interrupted(make_aria: MakeAria, fake_o
     with aria.ledger.read() as s:
         (run,) = s.exec(select(Run).where(Run.trigger != "schedule")).all()
         (spend,) = s.exec(select(Spend)).all()
-    assert (run.status, run.stop_reason) == ("interrupted", "interrupted")
+    assert (run.status, run.stop_reason) == ("interrupted", "stopping")  # the next start resumes or offers a Retry
     # The call may have been billed: its worst case stays counted, marked as an estimate.
     assert (spend.status, spend.price_known, spend.cost_micros) == ("settled", False, spend.reserved_micros)
 
@@ -201,5 +201,5 @@ async def test_a_reply_telegram_keeps_refusing_goes_to_the_outbox(bot: Any, fake
     fake_telegram.add_message("hello", user_id=OWNER)
     await fake_telegram.wait_for("sendMessage", count=2, timeout=15)
     assert fake_telegram.sent_texts(OWNER) == ["Delivered later."]
-    assert _count(aria, Failure, Failure.component == "telegram") == 1
+    assert _count(aria, Failure, Failure.component == "outbox") == 1
     await eventually(lambda: aria.outbox.undelivered() == 0)  # marked once Telegram's answer is back

@@ -41,5 +41,5 @@ async def test_approvals_are_decided_by_command(make_aria: MakeAria, fake_openai
     await chat(aria, io.StringIO("probe and mark\n/approve 1\n/approve 1\n"), out)
     text = out.getvalue()
     assert "(/approve 1 or /reject 1)" in text and "aria> Marked." in text
-    assert "Nothing done: already decided." in text
+    assert "Already decided; nothing more was done." in text
     assert marks(aria.settings.data_dir) == ["terminal"]

@@ -19,7 +19,7 @@ from aria.app import Aria
 from aria.errors import ConfigError
 from aria.events import EventIngress
 from aria.ledger import Event, Run
-from aria.telegram.bot import build_application
+from aria.telegram.bot import build_application, channel_of
 from aria.telegram.serve import serve
 from aria.web import build_web_app
 from tests.conftest import OWNER, STRANGER
@@ -56,10 +56,9 @@ async def running_webhook_app(aria: Aria) -> AsyncIterator[Served]:
     """Start the Application as serve does in webhook mode (no updater), without uvicorn: the client talks ASGI."""
     application = build_application(aria)
     await application.initialize()
-    assert application.post_init is not None
-    await application.post_init(application)
+    await aria.start(channel_of(application))
     await application.start()
-    ingress = EventIngress(aria, _nowhere)
+    ingress = EventIngress(aria, channel_of(application))
     app = build_web_app(aria, application, ingress=ingress)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://aria.test")
     try:
@@ -69,11 +68,8 @@ async def running_webhook_app(aria: Aria) -> AsyncIterator[Served]:
         await ingress.stop()
         if application.running:
             await application.stop()
+        await aria.stop()
         await application.shutdown()
-
-
-async def _nowhere(chat_id: int, text: str) -> None:
-    raise AssertionError("no event is expected in these tests")
 
 
 @pytest.fixture
@@ -154,7 +150,8 @@ async def test_malformed_bodies_get_400_and_a_row(served: Served, fake_openai: A
 async def test_healthz_is_200_when_ready_and_503_when_the_scheduler_stops(served: Served) -> None:
     ready = await served.client.get("/healthz")
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "database": "ok", "scheduler": "running", "telegram": "webhook",
+    assert ready.json() == {"ready": True, "database": "ok", "ledger": "writable", "scheduler": "running",
+                            "telegram": "webhook",
                             "open_circuits": [], "half_open_circuits": []}
     for _ in range(3):  # the breaker threshold
         served.aria.board.get("connector:status").record_failure("down", retry_after=60)
@@ -208,7 +205,7 @@ async def test_serve_webhook_registers_the_webhook_and_serves_over_http(make_ari
     await fake_telegram.wait_for("sendMessage", predicate=lambda c: c.params.get("text") == "Over real HTTP.")
     stop.set()
     await asyncio.wait_for(serving, timeout=5)
-    assert not aria.scheduler.running  # post_shutdown closed Aria
+    assert not aria.scheduler.running  # serve stopped and closed Aria
     assert fake_telegram.calls_to("getUpdates") == []
 
 

@@ -16,7 +16,7 @@ _RUNS = Run.__table__  # type: ignore[attr-defined]
 LATEST_EXCHANGES = (
     select(_RUNS.c.request, _RUNS.c.final_text)
     .where(_RUNS.c.chat_id == bindparam("chat_id"), _RUNS.c.status.in_(_ANSWERED),
-           _RUNS.c.trigger.in_(("message", "command")))
+           _RUNS.c.trigger.in_(("message", "command")), _RUNS.c.id < bindparam("before"))
     .order_by(_RUNS.c.id.desc()).limit(_LOOKBACK)
 )
 
@@ -27,13 +27,14 @@ class History:
     def __init__(self, budget_tokens: int) -> None:
         self.budget = budget_tokens
 
-    def messages(self, conn: Connection, chat_id: int | None) -> list[dict[str, Any]]:
-        """User/assistant pairs, oldest first, that fit in the token budget (read in the caller's transaction)."""
+    def messages(self, conn: Connection, chat_id: int | None, *, before_run: int = 2**62) -> list[dict[str, Any]]:
+        """User/assistant pairs of runs before `before_run`, oldest first, that fit in the token budget (read in the
+        caller's transaction)."""
         if chat_id is None or self.budget <= 0:
             return []
         kept: list[dict[str, Any]] = []
         left = self.budget
-        for request, answer in conn.execute(LATEST_EXCHANGES, {"chat_id": chat_id}):
+        for request, answer in conn.execute(LATEST_EXCHANGES, {"chat_id": chat_id, "before": before_run}):
             cost = estimate_tokens(request) + estimate_tokens(answer or "")
             if cost > left:
                 break

@@ -8,14 +8,16 @@ action that waits for the owner's approval (the run resumes after the press, in 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy import Connection
 
 from aria.agent.escalation import Escalation
 from aria.agent.history import History
@@ -25,17 +27,20 @@ from aria.agent.state import Request, RunState
 from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical, fence
 from aria.approvals import Approvals
 from aria.config import Settings
-from aria.errors import BudgetExhausted, PriceUnknown
-from aria.ledger import MICROS, Approval, Ledger, Step
+from aria.errors import BudgetExhausted, LedgerUnavailable, PriceUnknown
+from aria.ledger import MICROS, Approval, Ledger, Run, Step
 from aria.llm.budget import Budget, Caps, caps_from_settings
 from aria.llm.client import AllModelsFailed, CallScope, ChatResult, ModelCaller, ToolCallRequest
 from aria.llm.router import Router
 from aria.policy import Policy
+from aria.sanitize import clean_text
 from aria.skills import SkillSet, ToolContext
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], Awaitable[None]]
-__all__ = ["Agent", "Progress", "Request"]
+# Writes the message that tells the owner, in the transaction that finishes the run (so neither exists alone).
+Reply = Callable[[Connection, Outcome], object]
+__all__ = ["Agent", "Progress", "Reply", "Request"]
 
 
 class Agent:
@@ -55,11 +60,14 @@ class Agent:
         self.history = History(settings.history_tokens)
         self.escalation = Escalation(ledger, approvals, runner)
         self._context = context_factory
+        self.active: set[int] = set()  # runs this process is working on now
         if settings.draft_review and caller is not None:
             runner.reviewer = self._review_draft
 
-    async def run(self, request: Request, progress: Progress | None = None) -> Outcome:
-        """Handle one request end to end; always returns an Outcome (cancellation marks the run interrupted)."""
+    async def run(self, request: Request, progress: Progress | None = None, *, reply: Reply | None = None) -> Outcome:
+        """Handle one request end to end; always returns an Outcome (cancellation marks the run interrupted).
+        LedgerUnavailable propagates: nothing was, or can be, recorded."""
+        request = replace(request, text=clean_text(request.text))
         caps = self._caps(request)
         # One transaction opens the run and reads what its first call needs: the chat's history (read before the
         # run exists, so it is not its own) and the day's spend, which decides the models.
@@ -79,9 +87,10 @@ class Agent:
                                      "no_model", actions=False)
             return await self._loop(self._start(request, scope, past, day_spent), progress)
 
-        return await self._guarded(run_id, body)
+        return await self._guarded(run_id, body, reply)
 
-    async def resume(self, approval: Approval, progress: Progress | None = None) -> Outcome:
+    async def resume(self, approval: Approval, progress: Progress | None = None, *,
+                     reply: Reply | None = None) -> Outcome:
         """Continue a run after its approval was decided (approved, rejected or expired)."""
         assert approval.run_id is not None and approval.resume_state
         saved = json.loads(approval.resume_state)
@@ -95,25 +104,69 @@ class Agent:
             verdict = await self.escalation.settle(approval, state, call, ctx)
             if verdict != "approved":
                 return await self._closing_answer(state, verdict)
+            self._checkpoint(state)
             return await self._loop(state, progress)
 
-        return await self._guarded(approval.run_id, body)
+        return await self._guarded(approval.run_id, body, reply)
 
-    async def _guarded(self, run_id: int, body: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    async def continue_run(self, run: Run, progress: Progress | None = None, *, reply: Reply | None = None) -> Outcome:
+        """Carry on a run a stopped process left unfinished, from its last checkpoint (or from its request when it
+        had none), within the same caps: the spend it already made counts against them."""
+        assert run.id is not None
+        run_id = run.id
+        caps = Caps(tokens=run.cap_tokens, micros=run.cap_micros, steps=run.cap_steps, seconds=run.cap_seconds)
+        request = Request(text=run.request, trigger=run.trigger, channel=run.channel, chat_id=run.chat_id,
+                          user_id=run.user_id)
+        self.ledger.reopen_run(run_id)
+        if run.checkpoint:
+            state = RunState.from_json(json.loads(run.checkpoint), self.skills, next_seq=run.steps + 1)
+        else:
+            with self.ledger.read_conn() as conn:
+                past = self.history.messages(conn, request.chat_id, before_run=run_id)
+                day_spent = self.budget.spent_on(conn, self.budget.today())
+            scope = CallScope(run_id=run_id, caps=caps, deadline=time.monotonic() + caps.seconds,
+                              seq=itertools.count(run.steps + 1))
+            state = self._start(request, scope, past, day_spent)
+            state.model_calls = self.ledger.model_calls(run_id)
+
+        async def body() -> Outcome:
+            if self.caller is None:
+                return self._handoff(state.scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
+                                     "no_model", actions=False)
+            return await self._loop(state, progress)
+
+        return await self._guarded(run_id, body, reply)
+
+    async def _guarded(self, run_id: int, body: Callable[[], Awaitable[Outcome]], reply: Reply | None) -> Outcome:
+        self.active.add(run_id)
+        try:
+            return await self._finished(run_id, body, reply)
+        finally:
+            self.active.discard(run_id)
+
+    async def _finished(self, run_id: int, body: Callable[[], Awaitable[Outcome]], reply: Reply | None) -> Outcome:
         try:
             outcome = await body()
         except asyncio.CancelledError:
-            self.ledger.finish_run(run_id, "interrupted", stop_reason="interrupted",
+            # Stopping: the run is left for the next start, which resumes it or offers a Retry.
+            self.ledger.finish_run(run_id, "interrupted", stop_reason="stopping",
                                    final_text="Interrupted: Aria was stopping.")
             raise
+        except LedgerUnavailable:
+            raise  # nothing more can be recorded; the caller tells the owner without the ledger
         except Exception as exc:  # a bug still ends in a message and a failure row (promise 3)
             log.exception("run %s failed", run_id)
             self.ledger.add_failure("agent", exc, "reported", run_id=run_id)
             outcome = Outcome(run_id, "failed", f"Something broke on my side ({type(exc).__name__}); it is "
                               f"recorded as run {run_id}. Nothing was done after the failure.", "error")
+        finished = outcome  # bound for the closure: the reply written with the run is this outcome's
         self.ledger.finish_run(run_id, outcome.status, stop_reason=outcome.stop_reason, final_text=outcome.text,
-                               model=outcome.model)
+                               model=outcome.model, then=(lambda conn: reply(conn, finished)) if reply else None)
         return outcome
+
+    def _checkpoint(self, state: RunState) -> None:
+        """Save the run's state after a completed step, so a crash resumes from here rather than from the start."""
+        self.ledger.save_checkpoint(state.scope.run_id, json.dumps(state.to_json(), ensure_ascii=False))
 
     def _caps(self, request: Request) -> Caps:
         caps = caps_from_settings(self.settings)
@@ -221,6 +274,7 @@ class Agent:
             stop = self._absorb(state, call, ran)
             if stop is not None:
                 return stop
+            self._checkpoint(state)
         return None
 
     def _absorb(self, state: RunState, call: ToolCallRequest, ran: ToolRun) -> Outcome | None:
@@ -324,7 +378,3 @@ def _assistant_message(result: ChatResult) -> dict[str, Any]:
 def _tool_message(call: ToolCallRequest, content: str) -> dict[str, Any]:
     return {"role": "tool", "tool_call_id": call.id, "content": content}
 
-
-def call_json(call: ToolCallRequest) -> dict[str, Any]:
-    """A tool call as JSON-ready data (kept with an approval)."""
-    return asdict(call)

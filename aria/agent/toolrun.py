@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 from aria.agent.gate import Gate, GateDecision
 from aria.errors import ConnectorDown, ToolError, ToolInputError, ToolTimeout
 from aria.ledger import Ledger, Step
+from aria.ledger.models import StepStatus
 from aria.llm.client import CallScope, ToolCallRequest
 from aria.skills import SkillSet, ToolContext, ToolSpec
 
@@ -131,6 +132,9 @@ class ToolRunner:
 
     async def _execute(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, ctx: ToolContext,
                        arguments: BaseModel, started: float) -> ToolRun:
+        # A risky tool leaves a `started` step before it acts: after a crash, that step is how recovery knows the
+        # action may have run (and must never be reported as "not run", nor repeated on its own).
+        acting = self._step(scope, call, spec, "started", started, result="") if spec.risk != "safe" else None
         try:
             timeout = min(spec.timeout, max(0.1, scope.deadline - started))
             async with asyncio.timeout(timeout):
@@ -144,15 +148,16 @@ class ToolRunner:
             return self._record(scope, call, spec, "error", started, exc, str(exc))
         except Exception as exc:  # noqa: BLE001 - a skill's own bug must reach the model and ledger as a failure
             error = ToolError(f"{call.name} crashed: {type(exc).__name__}: {exc}")
-            return self._record(scope, call, spec, "error", started, error, str(error))
+            return self._record(scope, call, spec, "error", started, error, str(error), step_id=acting)
         output = render_output(value)
-        self._step(scope, call, spec, "ok", started, result=output)
+        self._step(scope, call, spec, "ok", started, result=output, step_id=acting)
         return ToolRun("ok", fence(call.name, output), f"{call.name} → ok")
 
     def _record(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, status: ToolStatus,
-                started: float, error: Exception, message: str, service: str | None = None) -> ToolRun:
-        step_status = {"timeout": "timeout", "invalid": "refused"}.get(status, "error")
-        step_id = self._step(scope, call, spec, step_status, started, result=message, error=error)
+                started: float, error: Exception, message: str, service: str | None = None, *,
+                step_id: int | None = None) -> ToolRun:
+        step_status: StepStatus = "timeout" if status == "timeout" else "refused" if status == "invalid" else "error"
+        step_id = self._step(scope, call, spec, step_status, started, result=message, error=error, step_id=step_id)
         handling = {"invalid": "corrected", "degraded": "degraded"}.get(status, "reported")
         self.ledger.add_failure(f"tool:{spec.name}", error, handling, run_id=scope.run_id, step_id=step_id)
         content = fence(call.name, f"ERROR ({type(error).__name__}): {message}")
@@ -163,7 +168,8 @@ class ToolRunner:
         """Record a call the gate did not let run, and what the model is told about it."""
         status: ToolStatus = {"block": "blocked", "shadow": "shadow", "skip": "skipped"}.get(  # type: ignore[assignment]
             decision.action, "approval")
-        step_status = {"blocked": "refused", "shadow": "skipped", "skipped": "skipped"}.get(status, "ok")
+        step_status: StepStatus = "refused" if status == "blocked" else "skipped" if status in ("shadow", "skipped") \
+            else "ok"
         self.ledger.add_step(Step(
             run_id=scope.run_id, seq=next(scope.seq), kind="guard", name=spec.name, skill=spec.skill,
             status=step_status, started_at=self.ledger.now(), args=call.arguments[:1000],
@@ -190,12 +196,18 @@ class ToolRunner:
         self.ledger.add_failure("tool", ToolInputError(message), "corrected", run_id=scope.run_id, step_id=step_id)
         return ToolRun(status, f"ERROR: {message}", f"{call.name} → unknown tool")
 
-    def _step(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, status: str, started: float, *,
-              result: str, error: Exception | None = None) -> int:
+    def _step(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, status: StepStatus, started: float, *,
+              result: str, error: Exception | None = None, step_id: int | None = None) -> int:
+        """Record a tool step, or finish the `started` step `step_id` of a risky tool in place."""
+        latency = int((time.monotonic() - started) * 1000)
+        error_type = type(error).__name__ if error else None
+        if step_id is not None:
+            self.ledger.finish_step(step_id, status, latency_ms=latency, error_type=error_type, result=result)
+            return step_id
         return self.ledger.add_step(Step(
             run_id=scope.run_id, seq=next(scope.seq), kind="tool", name=spec.name, skill=spec.skill, status=status,
-            started_at=self.ledger.now(), latency_ms=int((time.monotonic() - started) * 1000),
-            error_type=type(error).__name__ if error else None, args=call.arguments[:1000], result=result,
+            started_at=self.ledger.now(), latency_ms=latency, error_type=error_type, args=call.arguments[:1000],
+            result=result,
         ))
 
 

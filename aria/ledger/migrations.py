@@ -227,8 +227,28 @@ def m005_hot_path_indexes(conn: Connection) -> None:
     """)
 
 
+def m006_durable_runs(conn: Connection) -> None:
+    """Runs know the process working on them and their last checkpoint, so recovery can resume or report them;
+    outbox rows carry every owner-facing message (answers and approval edits too) with an explicit status, the
+    channel that delivers them and the approval whose buttons they show."""
+    _run(conn, """
+    ALTER TABLE run ADD COLUMN worker VARCHAR;
+    ALTER TABLE run ADD COLUMN checkpoint VARCHAR;
+    ALTER TABLE outbox ADD COLUMN status VARCHAR NOT NULL DEFAULT 'pending';
+    ALTER TABLE outbox ADD COLUMN channel VARCHAR NOT NULL DEFAULT 'telegram';
+    ALTER TABLE outbox ADD COLUMN approval_id INTEGER;
+    ALTER TABLE outbox ADD COLUMN edit_message_id INTEGER;
+    UPDATE outbox SET status = CASE WHEN delivered_at IS NOT NULL THEN 'delivered'
+                                    WHEN next_attempt_at IS NULL AND attempts > 0 THEN 'refused'
+                                    ELSE 'pending' END;
+    DROP INDEX ix_outbox_pending;
+    CREATE INDEX ix_outbox_status ON outbox (status, channel, chat_id, id);
+    CREATE INDEX ix_outbox_run ON outbox (run_id)
+    """)
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events,
-                               m005_hot_path_indexes]
+                               m005_hot_path_indexes, m006_durable_runs]
 
 
 def applied(conn: Connection) -> set[str]:

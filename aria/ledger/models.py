@@ -9,18 +9,22 @@ from __future__ import annotations
 import datetime as dt
 from typing import Literal
 
-from sqlalchemy import case
+from sqlalchemy import String, case
 from sqlmodel import Field, SQLModel, col
 
 RunStatus = Literal[
     "running", "ok", "handoff", "degraded", "awaiting_approval", "rejected", "budget_exhausted", "failed",
     "interrupted", "skipped",
 ]
-StepKind = Literal["llm", "tool", "guard", "approval"]
-StepStatus = Literal["ok", "error", "retry", "timeout", "refused", "skipped"]
+StepKind = Literal["llm", "tool", "guard"]
+# started: a risky tool is acting; unknown: the process stopped while it acted (it may have run).
+StepStatus = Literal["ok", "error", "timeout", "refused", "skipped", "started", "unknown"]
 SpendStatus = Literal["reserved", "settled", "released"]
 Handling = Literal["retried", "fell_back", "degraded", "handed_off", "refused", "reported", "recorded", "corrected"]
-ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "executed", "failed"]
+# unknown: the process stopped while the action executed, so it may or may not have run (never "not run").
+ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "executing", "executed", "failed", "unknown"]
+OutboxStatus = Literal["pending", "delivered", "refused"]
+OutboxKind = Literal["text", "photo", "edit"]
 
 MICROS = 1_000_000
 
@@ -41,7 +45,7 @@ class Run(SQLModel, table=True):
     request: str = ""
     route: str | None = None  # cheap or strong
     model: str | None = None
-    status: str = Field(default="running", index=True)
+    status: RunStatus = Field(default="running", index=True, sa_type=String)
     stop_reason: str | None = None
     cap_tokens: int = 0
     cap_micros: int = 0
@@ -54,6 +58,8 @@ class Run(SQLModel, table=True):
     started_at: dt.datetime = Field(index=True)
     ended_at: dt.datetime | None = None
     final_text: str | None = None
+    worker: str | None = None  # the process working on it ("pid:start time"), so recovery leaves live runs alone
+    checkpoint: str | None = None  # the run's state after its last completed step (JSON), to resume from
 
 
 class Step(SQLModel, table=True):
@@ -62,10 +68,10 @@ class Step(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     run_id: int = Field(index=True, foreign_key="run.id")
     seq: int = 0
-    kind: str
+    kind: StepKind = Field(sa_type=String)
     name: str
     skill: str | None = None
-    status: str
+    status: StepStatus = Field(sa_type=String)
     attempt: int = 0
     started_at: dt.datetime = Field(index=True)
     latency_ms: int = 0
@@ -82,7 +88,7 @@ class Spend(SQLModel, table=True):
     step_id: int | None = None
     provider: str
     model: str
-    status: str = "reserved"
+    status: SpendStatus = Field(default="reserved", sa_type=String)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -114,7 +120,7 @@ class Failure(SQLModel, table=True):
     component: str  # llm, tool, telegram, connector, skills, scheduler, web
     error_type: str
     message: str
-    handling: str
+    handling: Handling = Field(sa_type=String)
     created_at: dt.datetime = Field(index=True)
 
 
@@ -128,7 +134,7 @@ class Approval(SQLModel, table=True):
     args_hash: str
     risk: str
     summary: str
-    status: str = Field(default="pending", index=True)
+    status: ApprovalStatus = Field(default="pending", index=True, sa_type=String)
     chat_id: int | None = None
     message_id: int | None = None
     resume_state: str | None = None
@@ -146,7 +152,7 @@ class Outbox(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     chat_id: int
-    kind: str = "text"  # text or photo
+    kind: OutboxKind = Field(default="text", sa_type=String)  # an edit changes message `edit_message_id`
     text: str = ""
     payload: bytes | None = None
     reply_markup: str | None = None
@@ -160,6 +166,10 @@ class Outbox(SQLModel, table=True):
     parse_mode: str | None = None
     run_id: int | None = None
     message_id: int | None = None  # the Telegram message it became
+    status: OutboxStatus = Field(default="pending", sa_type=String)
+    channel: str = "telegram"  # the channel that delivers it: telegram, terminal
+    approval_id: int | None = None  # the approval whose buttons it carries (delivery records the message id)
+    edit_message_id: int | None = None  # for an edit, the message changed; for an answer, a progress message
 
 
 class Event(SQLModel, table=True):

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import logging
+import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, Table, Update, bindparam, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Session, SQLModel, col, select
 
 from aria.clock import Clock, SystemClock
+from aria.errors import LedgerUnavailable
 from aria.ledger.db import create_ledger_engine
-from aria.ledger.models import Event, Failure, KeyValue, Run, Spend, Step
+from aria.ledger.models import Event, Failure, Handling, KeyValue, Run, RunStatus, Spend, Step, StepStatus
 from aria.ledger.redact import Redactor
+
+log = logging.getLogger(__name__)
 
 SHORT = 500  # characters of a tool result kept on a step row
 _RUNS: Table = Run.__table__  # type: ignore[attr-defined]
@@ -44,6 +50,72 @@ def column_values(row: SQLModel) -> dict[str, Any]:
     return values
 
 
+# SQLite's words for a write that cannot happen until someone frees space or fixes permissions.
+_UNWRITABLE = ("disk is full", "readonly", "read-only", "disk i/o error", "unable to open database")
+
+
+def unwritable_reason(exc: OperationalError) -> str | None:
+    """Why a failed statement means the database cannot be written now (None for other operational errors)."""
+    message = str(exc.orig).lower()
+    if "disk is full" in message:
+        return "the disk is full"
+    if "readonly" in message or "read-only" in message:
+        return "the database is read-only"
+    if any(words in message for words in _UNWRITABLE):
+        return f"the database cannot be written ({exc.orig})"
+    return None
+
+
+@dataclass
+class WriteHealth:
+    """Whether the ledger takes writes; listeners hear each change (down with a reason, or back up)."""
+
+    reason: str | None = None
+    since: dt.datetime | None = None
+    listeners: list[Callable[[str | None], None]] = field(default_factory=list)
+
+    @property
+    def writable(self) -> bool:
+        """True while writes succeed."""
+        return self.reason is None
+
+    def went_down(self, reason: str, now: dt.datetime) -> None:
+        if self.reason is None:
+            self.reason, self.since = reason, now
+            log.error("the ledger cannot be written: %s; Aria stops acting until it can", reason)
+            self._tell(reason)
+
+    def came_back(self) -> None:
+        if self.reason is not None:
+            self.reason, self.since = None, None
+            log.warning("the ledger takes writes again")
+            self._tell(None)
+
+    def _tell(self, reason: str | None) -> None:
+        for listener in list(self.listeners):
+            listener(reason)
+
+
+def worker_id() -> str:
+    """This process, as "pid:start time": a pid alone may be reused by a later process."""
+    import psutil  # only when a run starts, not at import
+
+    return f"{os.getpid()}:{psutil.Process().create_time():.2f}"
+
+
+def worker_alive(worker: str | None) -> bool:
+    """True when the process named by `worker` still runs (a pid reused by another process does not count)."""
+    if not worker or ":" not in worker:
+        return False
+    import psutil
+
+    pid, _, started = worker.partition(":")
+    try:
+        return f"{psutil.Process(int(pid)).create_time():.2f}" == started
+    except (psutil.Error, ValueError):
+        return False
+
+
 def as_utc(when: dt.datetime) -> dt.datetime:
     """A time as aware UTC (naive values are taken to be UTC already)."""
     return when.astimezone(dt.UTC) if when.tzinfo else when.replace(tzinfo=dt.UTC)
@@ -56,6 +128,8 @@ class Ledger:
         self.engine = engine
         self.clock = clock or SystemClock()
         self.redact = redactor or Redactor()
+        self.health = WriteHealth()
+        self.worker = worker_id()
 
     @classmethod
     def open(cls, path: Path | str, **kwargs: object) -> Ledger:
@@ -70,12 +144,27 @@ class Ledger:
     def write(self) -> Iterator[Session]:
         """A write transaction that holds SQLite's write lock from its first statement."""
         with (
+            self._watching_writes(),
             self.engine.connect().execution_options(immediate=True) as conn,
             Session(bind=conn) as session,
             conn.begin(),
         ):
             yield session
             session.flush()
+
+    @contextmanager
+    def _watching_writes(self) -> Iterator[None]:
+        """Turn "disk full" and "read-only" into LedgerUnavailable (and the health going down); a commit that
+        succeeds brings it back up."""
+        try:
+            yield
+        except OperationalError as exc:
+            reason = unwritable_reason(exc)
+            if reason is None:
+                raise
+            self.health.went_down(reason, self.now())
+            raise LedgerUnavailable(reason) from None
+        self.health.came_back()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -89,7 +178,7 @@ class Ledger:
     @contextmanager
     def write_conn(self) -> Iterator[Connection]:
         """Like write(), at the Core level: a transaction holding SQLite's write lock from its first statement."""
-        with self.engine.connect().execution_options(immediate=True) as conn, conn.begin():
+        with self._watching_writes(), self.engine.connect().execution_options(immediate=True) as conn, conn.begin():
             yield conn
 
     @contextmanager
@@ -123,37 +212,81 @@ class Ledger:
         """Insert a run in state `running` from column values, inside a caller's write transaction; returns its
         id. The request is redacted; `started_at` defaults to now."""
         return self.insert(conn, Run, {**values, "request": self.redact(values.get("request")) or "",
-                                       "started_at": values.get("started_at") or self.now()})
+                                       "started_at": values.get("started_at") or self.now(), "worker": self.worker})
 
-    def finish_run(self, run_id: int, status: str, *, stop_reason: str | None = None, final_text: str | None = None,
-                   route: str | None = None, model: str | None = None) -> None:
-        """Close a run with its outcome; totals come from its spend and step rows."""
+    def finish_run(self, run_id: int, status: RunStatus, *, stop_reason: str | None = None,
+                   final_text: str | None = None, route: str | None = None, model: str | None = None,
+                   then: Callable[[Connection], object] | None = None) -> None:
+        """Close a run with its outcome; totals come from its spend and step rows. `then` writes more in the same
+        transaction (the message that tells the owner), so a run never ends without it."""
         values: dict[str, Any] = {"status": status, "stop_reason": stop_reason, "final_text": self.redact(final_text),
-                                  "ended_at": self.now()}
+                                  "ended_at": self.now(), "checkpoint": None}
         if route:  # an empty route or model keeps what the run already has
             values["route"] = route
         if model:
             values["model"] = model
         with self.write_conn() as conn:
             self.update_row(conn, Run, run_id, values)
+            if then is not None:
+                then(conn)
 
     def reopen_run(self, run_id: int) -> None:
-        """A run resumed after an approval is running again, with no end yet."""
+        """A run resumed (after an approval, or after a restart) is running again in this process, with no end."""
         with self.write_conn() as conn:
-            self.update_row(conn, Run, run_id, {"status": "running", "stop_reason": None, "ended_at": None})
+            self.update_row(conn, Run, run_id, {"status": "running", "stop_reason": None, "ended_at": None,
+                                                "worker": self.worker})
 
-    def mark_interrupted(self) -> int:
-        """At start-up: runs a previous process left `running` are marked `interrupted`, and their open
-        reservations are kept as (estimated) cost, since those calls may have been billed."""
+    def claim_run(self, run_id: int) -> bool:
+        """Take a run waiting for its approval (or one this process already holds) to resume it: True for the one
+        caller that may; a press and start-up recovery cannot both carry it on."""
+        with self.write_conn() as conn:
+            changed = conn.execute(
+                _RUNS.update()
+                .where(_RUNS.c.id == run_id, (_RUNS.c.status == "awaiting_approval")
+                       | ((_RUNS.c.status == "running") & (_RUNS.c.worker == self.worker)))
+                .values(status="running", stop_reason=None, ended_at=None, worker=self.worker)
+            ).rowcount
+        return bool(changed)
+
+    def adopt_run(self, run: Run) -> bool:
+        """Take over a run a stopped process left behind (compare-and-set on its worker and status)."""
+        with self.write_conn() as conn:
+            changed = conn.execute(
+                _RUNS.update()
+                .where(_RUNS.c.id == run.id, _RUNS.c.status == run.status,
+                       _RUNS.c.worker.is_(None) if run.worker is None else _RUNS.c.worker == run.worker)
+                .values(worker=self.worker)
+            ).rowcount
+        return bool(changed)
+
+    def model_calls(self, run_id: int) -> int:
+        """Model calls a run completed (they count against its step cap when it resumes)."""
+        with self.read() as s:
+            return len(s.exec(select(Step.id).where(col(Step.run_id) == run_id, col(Step.kind) == "llm",
+                                                    col(Step.status) == "ok")).all())
+
+    def save_checkpoint(self, run_id: int, state: str) -> None:
+        """The run's state after a completed step, to resume from after a crash."""
+        with self.write_conn() as conn:
+            self.update_row(conn, Run, run_id, {"checkpoint": state})
+
+    def orphaned_runs(self) -> list[Run]:
+        """Runs a process that no longer runs left unfinished: `running` (a crash, a kill) or interrupted while it
+        was stopping; oldest first."""
+        unfinished = (col(Run.status) == "running") | ((col(Run.status) == "interrupted")
+                                                       & (col(Run.stop_reason) == "stopping"))
+        with self.read() as s:
+            rows = list(s.exec(select(Run).where(unfinished).order_by(col(Run.id))))
+        return [row for row in rows if row.worker != self.worker and not worker_alive(row.worker)]
+
+    def close_reservations(self, run_ids: list[int]) -> int:
+        """Open reservations of runs whose calls can no longer settle: kept as (estimated) cost, since those calls
+        may have been billed. Returns how many were closed."""
+        if not run_ids:
+            return 0
         with self.write() as s:
             result = s.execute(
-                update(Run).where(Run.status == "running").values(
-                    status="interrupted", stop_reason="process stopped", ended_at=self.now()
-                )
-            )
-            stale = select(Run.id).where(Run.status == "interrupted")
-            s.execute(
-                update(Spend).where(col(Spend.status) == "reserved", col(Spend.run_id).in_(stale)).values(
+                update(Spend).where(col(Spend.status) == "reserved", col(Spend.run_id).in_(run_ids)).values(
                     status="settled", cost_micros=Spend.reserved_micros, price_known=False, settled_at=self.now()
                 )
             )
@@ -178,18 +311,36 @@ class Ledger:
             "started_at": values.get("started_at") or self.now(),
         })
 
-    def add_failure(self, component: str, error: BaseException | str, handling: str, *,
-                    run_id: int | None = None, step_id: int | None = None) -> int:
-        """Record something that went wrong and how it was handled."""
+    def finish_step(self, step_id: int, status: StepStatus, *, latency_ms: int, error_type: str | None,
+                    result: str) -> None:
+        """A `started` step (a risky tool about to act) gets its outcome."""
+        with self.write_conn() as conn:
+            self.update_row(conn, Step, step_id, {"status": status, "latency_ms": latency_ms,
+                                                  "error_type": error_type,
+                                                  "result": (self.redact(result) or "")[:SHORT]})
+
+    def acting_steps(self, run_id: int) -> list[Step]:
+        """Steps of a run whose action started and never reported back (it may or may not have happened)."""
+        with self.read() as s:
+            return list(s.exec(select(Step).where(col(Step.run_id) == run_id, col(Step.status) == "started")))
+
+    def add_failure(self, component: str, error: BaseException | str, handling: Handling, *,
+                    run_id: int | None = None, step_id: int | None = None) -> int | None:
+        """Record something that went wrong and how it was handled. With the ledger unwritable the failure is only
+        logged (None): recording a failure must not become a second failure."""
         error_type = type(error).__name__ if isinstance(error, BaseException) else "Error"
         message = self.redact(str(error)) or error_type
         row = Failure(run_id=run_id, step_id=step_id, component=component, error_type=error_type,
                       message=message[:SHORT], handling=handling, created_at=self.now())
-        with self.write() as s:
-            s.add(row)
-            s.flush()
-            assert row.id is not None
-            return row.id
+        try:
+            with self.write() as s:
+                s.add(row)
+                s.flush()
+                assert row.id is not None
+                return row.id
+        except LedgerUnavailable:
+            log.error("not recorded (ledger unwritable): %s failure, %s: %s", component, error_type, message[:SHORT])
+            return None
 
     # events -----------------------------------------------------------------------------------------------
 
@@ -237,6 +388,10 @@ class Ledger:
                 return False
             s.add(KeyValue(key=key, value=value, updated_at=self.now()))
             return True
+
+    def probe_write(self) -> None:
+        """One small write, to learn whether the ledger takes writes again (LedgerUnavailable while it does not)."""
+        self.set_flag("ledger-probe", self.now().isoformat())
 
     # reads ------------------------------------------------------------------------------------------------
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import re
 
+from aria.sanitize import clean_text
+
 # Shapes of credentials that should never be stored even if they are not ours (bearer tokens, bot tokens, keys).
 _PATTERNS = [
     re.compile(r"\b\d{6,12}:[A-Za-z0-9_-]{30,}\b"),  # Telegram bot token
@@ -14,7 +16,8 @@ _PATTERNS = [
 
 
 class Redactor:
-    """Replaces known secret values and credential-shaped strings with a placeholder."""
+    """Replaces known secret values and credential-shaped strings with a placeholder (and unencodable code points
+    with U+FFFD)."""
 
     def __init__(self, secrets: list[str] | None = None) -> None:
         self._secrets = sorted({s for s in (secrets or []) if len(s) >= 4}, key=len, reverse=True)
@@ -22,6 +25,7 @@ class Redactor:
     def __call__(self, text: str | None) -> str | None:
         if text is None:
             return None
+        text = clean_text(text)  # everything stored passes here: SQLite must be able to encode it
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
         for pattern in _PATTERNS:

@@ -22,12 +22,13 @@ from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from aria.breaker import BreakerBoard
-from aria.errors import CircuitOpen, ProviderError, RetryableProviderError
+from aria.errors import CircuitOpen, LedgerUnavailable, ProviderError, RetryableProviderError
 from aria.ledger import Ledger, Step
 from aria.llm.budget import Budget, Caps
 from aria.llm.pricing import TokenCounts
 from aria.llm.tokens import prompt_upper_bound
 from aria.retry import RETRYABLE_STATUSES, backoff, parse_retry_after
+from aria.sanitize import clean_optional, clean_text
 
 
 @dataclass
@@ -133,6 +134,7 @@ class ModelCaller:
                                           want=want, minimum=minimum)
         started = time.monotonic()
         seconds_left = max(0.1, scope.deadline - started)
+        # Every way out of this block settles or releases the reservation; none leaves it counting forever.
         try:
             body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": reservation.max_tokens}
             if tools:
@@ -156,6 +158,9 @@ class ModelCaller:
                 breaker.record_failure(str(error), error.retry_after)
             self.ledger.add_failure("llm", error, handling, run_id=scope.run_id, step_id=step_id)
             raise error from None
+        except Exception:
+            self.budget.release(reservation, billed_unknown=True)  # a bug of ours after a request that may be billed
+            raise
         breaker.record_success()
         step = self._step_values(scope, model, "ok", number, started, detail=_summary(result))
         if response.usage is None:
@@ -163,7 +168,13 @@ class ModelCaller:
             self.budget.release(reservation, billed_unknown=True, step_id=self.ledger.add_step(Step(**step)))
             return result
         raw = response.usage.model_dump() if hasattr(response.usage, "model_dump") else None
-        cost = self.budget.settle(reservation, result.tokens, raw_usage=raw, step=step)
+        try:
+            cost = self.budget.settle(reservation, result.tokens, raw_usage=raw, step=step)
+        except LedgerUnavailable:
+            raise  # nothing can be written: the reservation stays as the worst case until the ledger is back
+        except Exception:
+            self.budget.release(reservation, billed_unknown=True)
+            raise
         return ChatResult(result.text, result.tool_calls, result.model, result.finish_reason, result.tokens, cost)
 
     @staticmethod
@@ -171,9 +182,13 @@ class ModelCaller:
         if not getattr(response, "choices", None):
             raise ValueError("response has no choices")
         choice = response.choices[0]
-        message = choice.message
+        message = getattr(choice, "message", None)
+        if message is None:
+            raise ValueError("response has no message")
+        # Text from a model can hold lone surrogates (a split emoji): replaced, so storing and sending it works.
         calls = [
-            ToolCallRequest(id=c.id, name=c.function.name, arguments=c.function.arguments or "{}")
+            ToolCallRequest(id=clean_text(c.id or ""), name=clean_text(c.function.name or ""),
+                            arguments=clean_text(c.function.arguments or "{}"))
             for c in (message.tool_calls or []) if getattr(c, "function", None) is not None
         ]
         usage = response.usage
@@ -183,7 +198,7 @@ class ModelCaller:
             reasoning = getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", None) or 0
             tokens = TokenCounts(prompt=usage.prompt_tokens or 0, completion=usage.completion_tokens or 0,
                                  cached=cached, reasoning=reasoning)
-        return ChatResult(text=message.content, tool_calls=calls, model=model,
+        return ChatResult(text=clean_optional(message.content), tool_calls=calls, model=model,
                           finish_reason=choice.finish_reason or "stop", tokens=tokens, cost_micros=0)
 
     @staticmethod

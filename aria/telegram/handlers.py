@@ -1,26 +1,33 @@
-"""Thin handlers: check the owner, parse, call the core, format the answer."""
+"""Thin handlers: check the owner, parse, hand the request to the run service, which answers through the channel."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 
 from telegram import Update
+from telegram.error import TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
+from aria import commands
 from aria.agent.state import Request
 from aria.app import Aria
-from aria.scheduler import PAUSED_FLAG
-from aria.telegram.approval_handlers import deliver_outcome
-from aria.telegram.progress import ProgressMessage, Typing
-from aria.telegram.send import send_text
-from aria.views import help_text, set_autonomy, skills_text, status_text
+from aria.approvals import MAX_ID, REFUSALS, PressResult, parse_callback
+from aria.errors import LedgerUnavailable
+from aria.sanitize import clean_text
+from aria.telegram.channel import TelegramChannel
 
 log = logging.getLogger(__name__)
-COST_MAX_DAYS = 90
+ACKNOWLEDGEMENTS: dict[PressResult, str] = {"approved": "Approved: running it now.", "rejected": "Rejected."}
 
 
 def _aria(context: ContextTypes.DEFAULT_TYPE) -> Aria:
     return context.bot_data["aria"]  # type: ignore[no-any-return]
+
+
+def _channel(context: ContextTypes.DEFAULT_TYPE) -> TelegramChannel:
+    return context.bot_data["channel"]  # type: ignore[no-any-return]
 
 
 async def owner_guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -30,123 +37,132 @@ async def owner_guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
     if user is not None and user.id in aria.settings.owner_ids:
         return
     kind = "callback" if update.callback_query else "message" if update.effective_message else "update"
-    aria.ledger.record_event("telegram", status="refused", verified=False, delivery_id=f"update:{update.update_id}",
-                             reason=f"{kind} from a non-owner", user_id=user.id if user else None)
+    with contextlib.suppress(LedgerUnavailable):  # refused all the same; the log line below is the record
+        aria.ledger.record_event("telegram", status="refused", verified=False,
+                                 delivery_id=f"update:{update.update_id}", reason=f"{kind} from a non-owner",
+                                 user_id=user.id if user else None)
     log.info("refused update %s from user %s", update.update_id, user.id if user else "unknown")
     if update.callback_query is not None:
         # A press always gets an answer (else the button spins); the refusal says nothing more.
-        await update.callback_query.answer("Not allowed.")
+        await _answer_press(update, "Not allowed.")
     raise ApplicationHandlerStop
 
 
-async def start(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Greet the owner with the list of commands."""
-    assert update.effective_chat is not None
-    await send_text(context.bot, update.effective_chat.id, help_text(_aria(context).caller is not None))
-
-
-async def skills(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/skills lists skills, tools, risk and autonomy; /skills <skill> <shadow|ask|auto> changes a skill's level."""
-    assert update.effective_chat is not None
-    aria = _aria(context)
-    reply = set_autonomy(aria, context.args) if context.args else skills_text(aria)
-    await send_text(context.bot, update.effective_chat.id, reply)
-
-
-async def status(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Show health, today's spend and circuits."""
-    assert update.effective_chat is not None
-    await send_text(context.bot, update.effective_chat.id, status_text(_aria(context)))
-
-
-async def digest(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/digest: today's digest now (chart and figures), through the outbox like the scheduled one."""
-    assert update.effective_chat is not None
-    aria = _aria(context)
-    composed = await aria.digests.compose()
-    aria.outbox.enqueue(update.effective_chat.id, composed.text, photo=composed.png, purpose="digest")
-
-
-async def cost(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/cost [days]: spend over the last days (default 7, at most 90), chart and figures."""
-    assert update.effective_chat is not None
-    aria = _aria(context)
-    days = context.args[0] if context.args else "7"
-    if not days.isdigit() or not 1 <= int(days) <= COST_MAX_DAYS:
-        await send_text(context.bot, update.effective_chat.id, f"Usage: /cost [days], 1 to {COST_MAX_DAYS}")
-        return
-    composed = await aria.digests.cost(int(days))
-    aria.outbox.enqueue(update.effective_chat.id, composed.text, photo=composed.png, purpose="digest")
-
-
-async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Free text from the owner: run the agent and reply."""
+async def command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Any /command: answered by the channel-neutral commands, replies written before they are sent."""
     message = update.effective_message
     if message is None or update.effective_chat is None or not message.text:
         return
-    await _run(context, Request(text=message.text, trigger="message", channel="telegram",
-                                chat_id=update.effective_chat.id,
-                                user_id=update.effective_user.id if update.effective_user else None))
+    name = message.text.split()[0].lstrip("/").split("@")[0].lower()
+    aria = _aria(context)
+    for reply in await commands.answer(aria, name, list(context.args or [])):
+        await aria.runs.reply(_channel(context), update.effective_chat.id, reply.text, photo=reply.photo,
+                              actions=reply.actions, purpose=reply.purpose, approval_id=reply.approval_id)
+
+
+async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Free text from the owner: a run, answered through the channel."""
+    message = update.effective_message
+    if message is None or update.effective_chat is None or not message.text:
+        return
+    await _aria(context).runs.handle(Request(text=clean_text(message.text), trigger="message", channel="telegram",
+                                             chat_id=update.effective_chat.id,
+                                             user_id=update.effective_user.id if update.effective_user else None),
+                                     _channel(context))
 
 
 async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Anything that is not text (stickers, files, photos): say what Aria can read."""
     if update.effective_chat is not None:
-        await send_text(context.bot, update.effective_chat.id, "I can only read text messages for now.")
+        await _aria(context).runs.reply(_channel(context), update.effective_chat.id,
+                                        "I can only read text messages for now.")
+
+
+async def approval_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """An Approve, Reject or Details press: decided atomically, acted on at once; the press is answered aside."""
+    query = update.callback_query
+    assert query is not None
+    aria = _aria(context)
+    press = parse_callback(query.data)
+    if press is None:
+        _refused_press(aria, query.from_user.id, "malformed approval button")
+        await _answer_press(update, "That button is not recognised.")
+        return
+    chat_id = update.effective_chat.id if update.effective_chat else query.from_user.id
+    if press.verb == "d":
+        await _answer_press(update, None)
+        await aria.runs.reply(_channel(context), chat_id, details_text(aria, press.approval_id))
+        return
+
+    async def acknowledge(result: PressResult) -> None:
+        await _answer_press(update, ACKNOWLEDGEMENTS.get(result) or REFUSALS.get(result, "Nothing was done."))
+
+    await aria.runs.decide(press, query.from_user.id, _channel(context), acknowledge)
+
+
+def details_text(aria: Aria, approval_id: int) -> str:
+    """What an approval would do, in full."""
+    approval = aria.approvals.get(approval_id)
+    if approval is None:
+        return "That approval does not exist."
+    run = aria.ledger.run(approval.run_id) if approval.run_id else None
+    arguments = json.dumps(json.loads(approval.args_json), indent=2, ensure_ascii=False)
+    lines = [f"Approval {approval.id}: {approval.summary}", f"Tool: {approval.tool} ({approval.risk})",
+             f"Arguments:\n{arguments}", f"Status: {approval.status}, expires {approval.expires_at:%Y-%m-%d %H:%M} UTC"]
+    if run is not None:
+        lines.append(f"Asked: {run.request[:300]}")
+    return "\n".join(lines)
 
 
 async def retry_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """"Retry with strong model" / "Allow more budget once": re-run the original request once."""
+    """"Retry", "Retry with strong model", "Allow more budget once": run the original request again, once."""
     query = update.callback_query
     assert query is not None
     aria = _aria(context)
     _, kind, raw_id = (query.data or "").split(":", 2) if (query.data or "").count(":") == 2 else ("", "", "")
-    run = aria.ledger.run(int(raw_id)) if raw_id.isdigit() else None
+    valid_id = raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 19 and int(raw_id) <= MAX_ID
+    run = aria.ledger.run(int(raw_id)) if valid_id else None
     chat = update.effective_chat
-    if run is None or chat is None or run.chat_id != chat.id or kind not in ("strong", "budget"):
-        await query.answer("That button does not refer to anything I can retry.")
+    if run is None or chat is None or run.chat_id != chat.id or kind not in ("strong", "budget", "again"):
+        await _answer_press(update, "That button does not refer to anything I can retry.")
         return
     if not aria.ledger.claim_flag(f"retry:{run.id}:{kind}", str(update.update_id)):
-        await query.answer("Already retried.")
+        await _answer_press(update, "Already retried.")
         return
-    await query.answer("Retrying…")
-    await query.edit_message_reply_markup(reply_markup=None)
-    await _run(context, Request(text=run.request, trigger="message", channel="telegram", chat_id=chat.id,
-                                user_id=query.from_user.id, escalate=kind == "strong",
-                                budget_factor=2.0 if kind == "budget" else 1.0))
+    await _answer_press(update, "Retrying…")
+    try:
+        await query.edit_message_reply_markup(reply_markup=None)
+    except TelegramError as exc:  # the buttons staying is cosmetic; the retry below is what matters
+        log.info("could not remove the retry buttons: %s", exc)
+    await aria.runs.handle(Request(text=run.request, trigger="message", channel="telegram", chat_id=chat.id,
+                                   user_id=query.from_user.id, escalate=kind == "strong",
+                                   budget_factor=2.0 if kind == "budget" else 1.0), _channel(context))
 
 
 async def unknown_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Callback data that names nothing known: answer the press, change nothing."""
     query = update.callback_query
     assert query is not None
-    _aria(context).ledger.record_event("telegram", status="refused", verified=True, reason="unknown callback data",
-                                       user_id=query.from_user.id)
-    await query.answer("That button is not recognised.")
+    _refused_press(_aria(context), query.from_user.id, "unknown callback data")
+    await _answer_press(update, "That button is not recognised.")
 
 
-async def _run(context: ContextTypes.DEFAULT_TYPE, request: Request) -> None:
-    assert request.chat_id is not None
-    aria = _aria(context)
-    progress = ProgressMessage(context.bot, request.chat_id)
-    async with Typing(context.bot, request.chat_id):
-        outcome = await aria.agent.run(request, progress.note)
-    await deliver_outcome(aria, progress, outcome)
+def _refused_press(aria: Aria, user_id: int, reason: str) -> None:
+    try:
+        aria.ledger.record_event("telegram", status="refused", verified=True, reason=reason, user_id=user_id)
+    except LedgerUnavailable:
+        log.warning("refused a button press (%s); not recorded: the ledger cannot be written", reason)
 
 
-async def pause(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/pause: the kill switch. No risky action or acting scheduled job runs until /resume."""
-    assert update.effective_chat is not None
-    _aria(context).ledger.set_flag(PAUSED_FLAG, "yes")
-    await send_text(context.bot, update.effective_chat.id,
-                    "Paused. Risky actions and scheduled actions are skipped (and recorded) until /resume.")
-
-
-async def resume(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """/resume: lift the kill switch."""
-    assert update.effective_chat is not None
-    _aria(context).ledger.set_flag(PAUSED_FLAG, "no")
-    await send_text(context.bot, update.effective_chat.id, "Resumed. Actions run again (risky ones still ask).")
+async def _answer_press(update: Update, text: str | None) -> None:
+    """Answer a button press, best effort: a failure here (a 5xx, a press too old) must not stop anything."""
+    query = update.callback_query
+    if query is None:
+        return
+    try:
+        await query.answer(text)
+    except TelegramError as exc:
+        log.info("could not answer button press %s: %s", query.id[:64], exc)
 
 
 async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -157,5 +173,6 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     aria.ledger.add_failure("telegram", error, "reported")
     if isinstance(update, Update) and update.effective_chat is not None and update.effective_user is not None \
             and update.effective_user.id in aria.settings.owner_ids:
-        await context.bot.send_message(update.effective_chat.id,
-                                       f"Something went wrong handling that ({type(error).__name__}); it is recorded.")
+        detail = str(error) if isinstance(error, LedgerUnavailable) else type(error).__name__
+        await _channel(context).tell_directly(update.effective_chat.id,
+                                              f"Something went wrong handling that ({detail}); it is in the log.")

@@ -1,4 +1,5 @@
-"""Live status while a run works: the typing indicator, and one progress message edited per step."""
+"""Live status while a run works: the typing indicator, and one progress message edited per step (the answer, an
+outbox row, replaces it when it is delivered)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,6 @@ from types import TracebackType
 from telegram import Bot, Message
 from telegram.constants import ChatAction
 from telegram.error import TelegramError
-
-from aria.agent.outcome import Outcome
-from aria.telegram.send import keyboard, send_text, split_text
 
 TYPING_EVERY = 4.5  # Telegram shows "typing…" for about five seconds per chat action
 TYPING_AFTER = 1.0  # an answer quicker than this needs no indicator (and saves a Bot API call)
@@ -49,7 +47,7 @@ class Typing:
 
 
 class ProgressMessage:
-    """One message that shows the current step, replaced by the final answer."""
+    """One message that shows the current step."""
 
     def __init__(self, bot: Bot, chat_id: int) -> None:
         self.bot, self.chat_id = bot, chat_id
@@ -65,21 +63,3 @@ class ProgressMessage:
                                                  message_id=self.message.message_id)
         except TelegramError:
             pass  # progress is best effort; the final answer is not
-
-    async def finish(self, outcome: Outcome) -> Message | None:
-        """Replace the progress message with the answer (or send the answer when it is long); returns the message
-        that carries the buttons."""
-        chunks = split_text(outcome.text)
-        if self.message is not None and len(chunks) == 1:
-            try:
-                edited = await self.bot.edit_message_text(chunks[0], chat_id=self.chat_id,
-                                                          message_id=self.message.message_id,
-                                                          reply_markup=keyboard(outcome.actions))
-                return edited if isinstance(edited, Message) else self.message
-            except TelegramError:
-                pass
-        if self.message is not None:
-            with contextlib.suppress(TelegramError):
-                await self.bot.delete_message(self.chat_id, self.message.message_id)
-        sent = await send_text(self.bot, self.chat_id, outcome.text, actions=outcome.actions)
-        return sent[-1] if sent else None

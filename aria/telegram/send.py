@@ -5,28 +5,12 @@ from __future__ import annotations
 import logging
 
 from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, Message
-from telegram.constants import MessageLimit
 from telegram.error import BadRequest
 
 from aria.agent.outcome import Action
+from aria.outbox import split_text
 
 log = logging.getLogger(__name__)
-LIMIT = MessageLimit.MAX_TEXT_LENGTH  # 4096
-
-
-def split_text(text: str, limit: int = LIMIT) -> list[str]:
-    """Chunks of at most `limit` characters, cut at paragraph, line or word boundaries where possible."""
-    text = text.strip() or "(empty)"
-    chunks: list[str] = []
-    while len(text) > limit:
-        window = text[:limit]
-        cut = max(window.rfind("\n\n"), window.rfind("\n"), window.rfind(" "))
-        if cut < limit // 2:
-            cut = limit
-        chunks.append(text[:cut].rstrip())
-        text = text[cut:].lstrip()
-    chunks.append(text)
-    return chunks
 
 
 def keyboard(actions: list[Action]) -> InlineKeyboardMarkup | None:

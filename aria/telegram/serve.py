@@ -1,12 +1,13 @@
 """Running Aria on Telegram: long polling with a watchdog, or webhook mode, where Telegram pushes updates to Aria's
 ASGI app so an idle Aria makes no Bot API calls at all.
 
-`serve` starts, in order: the Application (initialize, post_init: ledger recovery, commands, scheduler;
-start), the webhook registration (`setWebhook` with the secret token and the allowed update types, pending updates
-kept) or polling, the event ingress (re-queueing events left unprocessed), and uvicorn on `ARIA_WEB_HOST:ARIA_WEB_PORT`
-when there is something to serve. It stops in the reverse order on SIGINT/SIGTERM (or when `stop` is set): no new
-requests, event workers cancelled (their events run after the next start), running handlers finished, post_stop and
-post_shutdown (Aria closed).
+`serve` starts, in order: the Application (initialize), Aria with its Telegram channel (`Aria.start`: outbox
+delivery, recovery of what a stopped process left, jobs, scheduler), the Application (start), the webhook
+registration (`setWebhook` with the secret token and the allowed update types, pending updates kept) or polling, the
+event ingress (re-queueing events left unprocessed), and uvicorn on `ARIA_WEB_HOST:ARIA_WEB_PORT` when there is
+something to serve. It stops in the reverse order on SIGINT/SIGTERM (or when `stop` is set): no new requests, event
+workers cancelled (their events run after the next start), running handlers finished, `Aria.stop`, the Application
+shut down, Aria closed.
 
 The webhook stays registered on shutdown: Telegram keeps the updates that arrive meanwhile and delivers them when the
 server is back. `aria run` without --webhook deletes it when polling starts (python-telegram-bot's bootstrap does).
@@ -23,15 +24,11 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from telegram.ext import Application
-
-from aria.agent.outcome import Outcome
 from aria.app import Aria
 from aria.config import Settings, env_name
 from aria.errors import ConfigError
-from aria.events import Deliver, EventIngress
-from aria.outbox import Outbox
-from aria.telegram.bot import ALLOWED_UPDATES, build_application
+from aria.events import EventIngress
+from aria.telegram.bot import ALLOWED_UPDATES, build_application, channel_of
 from aria.telegram.watchdog import DEFAULT_POLL_TIMEOUT, PollHealth, PollingWatchdog, WatchedRequest
 
 log = logging.getLogger(__name__)
@@ -57,15 +54,6 @@ def webhook_config(settings: Settings) -> tuple[str, str]:
     if problems:
         raise ConfigError(problems)
     return f"{url}{WEBHOOK_PATH}", secret
-
-
-def outbox_sender(outbox: Outbox) -> Deliver:
-    """Deliver an event run's outcome through the outbox: retried until Telegram takes it, buttons included."""
-
-    async def deliver(chat_id: int, outcome: Outcome) -> None:
-        outbox.enqueue(chat_id, outcome.text, actions=outcome.actions, purpose="event", run_id=outcome.run_id)
-
-    return deliver
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -95,21 +83,21 @@ def _server(app: Any) -> Any:
                                  timeout_graceful_shutdown=_GRACE_SECONDS))
 
 
-async def serve(aria: Aria, *, webhook: bool, deliver: Deliver | None = None, stop: asyncio.Event | None = None,
-                sock: socket.socket | None = None, poll_timeout: int = DEFAULT_POLL_TIMEOUT) -> None:
+async def serve(aria: Aria, *, webhook: bool, stop: asyncio.Event | None = None, sock: socket.socket | None = None,
+                poll_timeout: int = DEFAULT_POLL_TIMEOUT) -> None:
     """Run Aria on Telegram until SIGINT/SIGTERM or `stop`, then stop cleanly in reverse order.
 
     Polling mode long-polls with a watchdog that restarts stalled polling; webhook mode registers the webhook and
     serves `/telegram`. Either way `/events/<source>` and `/healthz` are served when there is a reason to listen
-    (webhook mode, or event secrets configured). `deliver` sends event outcomes to the owner (default: through the
-    outbox); `sock` is an already bound listening socket (tests, socket activation); `poll_timeout` is how long
-    Telegram holds an idle getUpdates.
+    (webhook mode, or event secrets configured); event outcomes reach the owner on Telegram. `sock` is an already
+    bound listening socket (tests, socket activation); `poll_timeout` is how long Telegram holds an idle getUpdates.
     """
     url, secret = webhook_config(aria.settings) if webhook else ("", "")
     aria.telegram_mode = "webhook" if webhook else "polling"
     health = None if webhook else PollHealth(aria.ledger)
     application = build_application(aria, get_updates_request=WatchedRequest(health) if health else None)
-    ingress = EventIngress(aria, deliver or outbox_sender(aria.outbox))
+    channel = channel_of(application)
+    ingress = EventIngress(aria, channel)
     async with contextlib.AsyncExitStack() as stack:
         listening = webhook or bool(aria.settings.event_secrets)
         if listening:
@@ -117,12 +105,13 @@ async def serve(aria: Aria, *, webhook: bool, deliver: Deliver | None = None, st
             stack.callback(sock.close)
         if stop is None:
             stop = _stop_on_signals(stack)
+        stack.push_async_callback(aria.aclose)
         await application.initialize()
-        stack.push_async_callback(_shut_down, application)
-        if application.post_init is not None:
-            await application.post_init(application)
+        stack.push_async_callback(application.shutdown)
+        await aria.start(channel)
+        stack.push_async_callback(aria.stop)
         await application.start()
-        stack.push_async_callback(_stop, application)
+        stack.push_async_callback(application.stop)
         if webhook:
             await application.bot.set_webhook(url=url, secret_token=secret, allowed_updates=ALLOWED_UPDATES,
                                               drop_pending_updates=False)
@@ -170,15 +159,3 @@ def _stop_on_signals(stack: contextlib.AsyncExitStack) -> asyncio.Event:
 async def _stop_server(server: Any, serving: asyncio.Task[None]) -> None:
     server.should_exit = True
     await serving
-
-
-async def _stop(application: Application) -> None:  # type: ignore[type-arg]
-    await application.stop()
-    if application.post_stop is not None:
-        await application.post_stop(application)
-
-
-async def _shut_down(application: Application) -> None:  # type: ignore[type-arg]
-    await application.shutdown()
-    if application.post_shutdown is not None:
-        await application.post_shutdown(application)

@@ -35,10 +35,11 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes, JobQueue
-from telegram.request import HTTPXRequest, RequestData
+from telegram.request import RequestData
 
 from aria.errors import PollingOutage, PollingStalled
 from aria.ledger import Failure, Ledger
+from aria.telegram.request import SignallingRequest
 
 log = logging.getLogger(__name__)
 DEFAULT_POLL_TIMEOUT = 10  # seconds Telegram holds an idle getUpdates: PTB's default long poll
@@ -112,8 +113,8 @@ class PollHealth:
         self._outage_row, self._outage_started, self._failed_polls = None, None, 0
 
 
-class WatchedRequest(HTTPXRequest):
-    """The getUpdates request: reports each completed round trip to a PollHealth."""
+class WatchedRequest(SignallingRequest):
+    """The getUpdates request: reports each completed round trip to a PollHealth (and, answered, to listeners)."""
 
     def __init__(self, health: PollHealth, **kwargs: Any) -> None:
         kwargs.setdefault("connection_pool_size", 1)  # what PTB uses for getUpdates
