@@ -1,0 +1,249 @@
+"""Runs that survive faults: a lost press acknowledgement, a process that died mid-run or mid-action, a full disk,
+odd text and odd model replies. Through the real Application and the fake Bot API and model server."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlmodel import select
+
+from aria.agent.state import Request
+from aria.app import Aria
+from aria.approvals import callback_data
+from aria.ledger import Approval, Outbox, Run, Spend, Step
+from tests.conftest import OWNER, eventually, marks, polling
+from tests.test_approvals import _approval_with_message, _ask, shown
+
+MakeAria = Callable[..., Aria]
+DEAD_WORKER = "999999999:1.00"  # no process has this pid
+
+
+@pytest.fixture
+def bot_aria(make_aria: MakeAria, fake_telegram: Any, probe_skills: Path) -> Callable[..., Aria]:
+    def make(**overrides: Any) -> Aria:
+        return make_aria(telegram_bot_token=fake_telegram.token, telegram_api_url=fake_telegram.api_url,
+                         skills_dir=probe_skills, **overrides)
+    return make
+
+
+def _die(aria: Aria, run_id: int, **values: Any) -> None:
+    """Make a run look as a killed process left it: still `running`, its worker gone."""
+    with aria.ledger.write_conn() as conn:
+        aria.ledger.update_row(conn, Run, run_id, {"status": "running", "worker": DEAD_WORKER, **values})
+
+
+def _rows(aria: Aria, model: type[Any], *where: Any) -> list[Any]:
+    with aria.ledger.read() as s:
+        return list(s.exec(select(model).where(*where)))
+
+
+async def test_an_approve_press_whose_answer_fails_still_runs_the_action_once(
+        bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any) -> None:
+    aria = bot_aria()
+    async with polling(aria):
+        await _ask(fake_telegram, fake_openai)
+        approval = await _approval_with_message(aria)
+        fake_telegram.fail_next("answerCallbackQuery", status=500, times=3)
+        fake_telegram.press_button(callback_data(approval, "a"), user_id=OWNER, message_id=approval.message_id)
+        await shown(fake_telegram, "Done: marked deploy.")
+    assert marks(aria.settings.data_dir) == ["deploy"]
+    assert (aria.approvals.get(approval.id or 0) or approval).status == "executed"
+
+
+async def test_an_approval_decided_but_never_carried_out_runs_once_at_the_next_start(
+        bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any) -> None:
+    first = bot_aria()
+    async with polling(first):
+        await _ask(fake_telegram, fake_openai)
+        approval = await _approval_with_message(first)
+    # The press was recorded, then the process died before the action began (e.g. killed in a 429 wait).
+    with first.ledger.write() as s:
+        row = s.get(Approval, approval.id)
+        assert row is not None
+        row.status, row.decided_by = "approved", OWNER
+        s.add(row)
+    second = bot_aria()
+    async with polling(second):
+        await shown(fake_telegram, "Done: marked deploy.")
+        await eventually(lambda: (second.approvals.get(approval.id or 0) or approval).status == "executed")
+    async with polling(bot_aria()):  # a third start finds nothing left to do
+        await asyncio.sleep(0.2)
+    assert marks(second.settings.data_dir) == ["deploy"]
+
+
+async def test_an_action_caught_mid_execution_is_reported_as_may_have_run(
+        bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any) -> None:
+    first = bot_aria()
+    async with polling(first):
+        await _ask(fake_telegram, fake_openai)
+        approval = await _approval_with_message(first)
+    assert approval.id is not None and approval.run_id is not None
+    with first.ledger.write() as s:
+        row = s.get(Approval, approval.id)
+        assert row is not None
+        row.status = "executing"
+        s.add(row)
+    _die(first, approval.run_id)
+    second = bot_aria()
+    async with polling(second):
+        (told,) = await shown(fake_telegram, "may or may not have run")
+    assert "recorded as unknown and I did not run it again" in told.params["text"]
+    decided = second.approvals.get(approval.id)
+    assert decided is not None and decided.status == "unknown" and "may have run" in (decided.result or "")
+    run = second.ledger.run(approval.run_id)
+    assert run is not None and (run.status, run.stop_reason) == ("interrupted", "unknown_action")
+    assert marks(second.settings.data_dir) == []  # not run a second time
+
+
+async def test_a_request_interrupted_during_its_model_call_is_answered_after_restart(
+        bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any) -> None:
+    first = bot_aria()
+    run_id = first.ledger.start_run(Run(trigger="message", channel="telegram", chat_id=OWNER, user_id=OWNER,
+                                        request="is the site up?", cap_tokens=60000, cap_micros=100000,
+                                        cap_steps=8, cap_seconds=120, started_at=first.ledger.now()))
+    with first.ledger.write() as s:  # the call it was making: reserved, never settled
+        s.add(Spend(run_id=run_id, provider="openai", model="gpt-4o-mini", status="reserved", reserved_micros=700,
+                    day=first.budget.today(), created_at=first.ledger.now()))
+    _die(first, run_id)
+    fake_openai.enqueue_text("Yes, the site is up.")
+    second = bot_aria()
+    async with polling(second):
+        await shown(fake_telegram, "Yes, the site is up.")
+        await eventually(lambda: (second.ledger.run(run_id) or Run()).status == "ok")
+    (spend, _) = _rows(second, Spend, Spend.run_id == run_id)
+    assert (spend.status, spend.cost_micros, spend.price_known) == ("settled", 700, False)  # counted, same caps
+    assert "is the site up?" in str(fake_openai.last_request.body["messages"][-1]["content"])
+
+
+async def test_an_old_interrupted_request_gets_a_retry_button_not_a_surprise_answer(
+        bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any) -> None:
+    first = bot_aria()
+    run_id = first.ledger.start_run(Run(trigger="message", channel="telegram", chat_id=OWNER, user_id=OWNER,
+                                        request="rotate the logs", started_at=first.ledger.now()
+                                        - dt.timedelta(hours=3)))
+    _die(first, run_id)
+    second = bot_aria()
+    async with polling(second):
+        (told,) = await shown(fake_telegram, "I was restarted while working on «rotate the logs»")
+        buttons = [b["text"] for row in told.params["reply_markup"]["inline_keyboard"] for b in row]
+        assert buttons == ["Retry"]
+        fake_openai.enqueue_text("Logs rotated plan: …")
+        fake_telegram.press_button(f"retry:again:{run_id}", user_id=OWNER, message_id=told.result["message_id"])
+        await shown(fake_telegram, "Logs rotated plan")
+    assert fake_openai.completions and (second.ledger.run(run_id) or Run()).status == "interrupted"
+
+
+async def test_a_reply_is_written_before_it_is_sent_and_survives_a_telegram_outage(
+        bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any) -> None:
+    aria = bot_aria()
+    async with polling(aria):
+        fake_telegram.fail_next("sendMessage", status=502, times=1)
+        fake_openai.enqueue_text("First answer.")
+        fake_telegram.add_message("one", user_id=OWNER)
+        await fake_telegram.wait_for("sendMessage", count=1)
+        (row,) = _rows(aria, Outbox, Outbox.purpose == "answer")
+        assert row.status == "pending" and row.text == "First answer."
+        # Telegram answers again (a getUpdates round trip is enough): the backed-off row goes out without
+        # waiting out its backoff, before the newer answer to the same chat.
+        fake_openai.enqueue_text("Second answer.")
+        fake_telegram.add_message("two", user_id=OWNER)
+        await shown(fake_telegram, "Second answer.")
+    texts = [t for t in fake_telegram.sent_texts(OWNER) if t.endswith("answer.")]
+    assert texts == ["First answer.", "Second answer."]
+
+
+async def test_model_replies_with_a_null_message_or_lone_surrogates_leak_nothing(
+        make_aria: MakeAria, fake_openai: Any) -> None:
+    aria = make_aria()
+    null_message = {"id": "x", "object": "chat.completion", "created": 0, "model": "gpt-4o-mini",
+                    "choices": [{"index": 0, "message": None, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}
+    fake_openai.enqueue_raw(200, json.dumps(null_message).encode(), {"content-type": "application/json"})
+    split_emoji = {**null_message, "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": "broken \ud83d emoji"}}]}
+    # json.dumps escapes the lone surrogate as \ud83d, as a model server that split an emoji would send it.
+    fake_openai.enqueue_raw(200, json.dumps(split_emoji).encode(), {"content-type": "application/json"})
+    outcome = await aria.agent.run(Request("hello \udc80 there"))
+    assert outcome.status == "ok" and "\ufffd" in outcome.text
+    assert _rows(aria, Spend, Spend.status == "reserved") == []
+    run = aria.ledger.run(outcome.run_id or 0)
+    assert run is not None and run.request == "hello \ufffd there"
+
+
+@pytest.fixture
+def disk_limit(make_aria: MakeAria) -> Iterator[Callable[[Aria, int | None], None]]:
+    """Caps a ledger's size in pages on every connection (SQLite's own "database or disk is full")."""
+    limits: dict[int, int | None] = {}
+
+    def limit(aria: Aria, pages: int | None) -> None:
+        key = id(aria.ledger.engine)
+        if key not in limits:
+            @event.listens_for(aria.ledger.engine, "checkout")
+            def _cap(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+                cap = limits.get(key)
+                dbapi_conn.execute(f"PRAGMA max_page_count = {cap if cap is not None else 1_073_741_823}")
+        limits[key] = pages
+
+    yield limit
+
+
+async def test_a_full_disk_stops_aria_acting_loudly_and_it_recovers_by_itself(
+        bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any,
+        disk_limit: Callable[[Aria, int | None], None]) -> None:
+    aria = bot_aria()
+    aria.runs._probe_every = 0.05
+    async with polling(aria):
+        with aria.ledger.read_conn() as conn:
+            pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
+        disk_limit(aria, pages)  # full: not one more page
+        fake_openai.default_text = "filler " * 3000  # a reply too big to record
+        fake_telegram.add_message("first request", user_id=OWNER)
+        (notice,) = await shown(fake_telegram, "I stopped acting")
+        assert "disk is full" in notice.params["text"]
+        calls_before = len(fake_openai.completions)
+        fake_telegram.add_message("second request", user_id=OWNER)
+        await shown(fake_telegram, "You asked: «second request»")
+        assert len(fake_openai.completions) == calls_before  # nothing acts while nothing can be recorded
+        fake_telegram.add_message("/status", user_id=OWNER)
+        await shown(fake_telegram, "Ledger: cannot be written")
+        disk_limit(aria, None)  # space returns
+        await shown(fake_telegram, "My ledger can be written again")
+        fake_openai.default_text = "Back to normal."
+        fake_telegram.add_message("third request", user_id=OWNER)
+        await shown(fake_telegram, "Back to normal.")
+    assert _rows(aria, Spend, Spend.status == "reserved") == []
+    assert all(run.status != "running" for run in _rows(aria, Run))
+
+
+async def test_huge_callback_ids_and_retry_ids_are_refused_cleanly(bot_aria: Callable[..., Aria],
+                                                                  fake_telegram: Any) -> None:
+    aria = bot_aria()
+    async with polling(aria):
+        fake_telegram.press_button("ap:" + "9" * 40 + ":a:0123456789ab", user_id=OWNER)
+        fake_telegram.press_button("retry:again:" + "9" * 40, user_id=OWNER)
+        answers = await fake_telegram.wait_for("answerCallbackQuery", count=2)
+    texts = sorted(str(a.params.get("text")) for a in answers)
+    assert texts == ["That button does not refer to anything I can retry.", "That button is not recognised."]
+    assert _rows(aria, Step) == []
+
+
+async def test_the_terminal_answers_every_owner_command(make_aria: MakeAria, probe_skills: Path) -> None:
+    import io
+
+    from aria.terminal import chat
+
+    aria = make_aria(skills_dir=probe_skills)
+    out = io.StringIO()
+    await chat(aria, io.StringIO("/status\n/skills\n/digest\n/cost 3\n/approvals\n/pause\n/resume\n"), out)
+    text = out.getvalue()
+    for expected in ("Spend today", "write_mark", "No approvals are waiting.", "Paused.", "Resumed.",
+                     "Cost · last 3 days"):
+        assert expected in text, expected
+    assert aria.ledger.get_flag("paused") == "no"
