@@ -292,3 +292,19 @@ async def test_events_left_unprocessed_by_a_stop_run_after_the_next_start(make_h
     assert await restarted.start() == 1
     await restarted.drain()
     assert h.events()[0].processed_at is not None and len(h.inbox.messages) == 1
+
+
+async def test_deeply_nested_json_and_absurd_event_times_get_clean_answers(make_harness: Any,
+                                                                          fake_openai: Any) -> None:
+    h = await make_harness(event_max_bytes=400_000)
+    deep = b"[" * 100_000 + b"]" * 100_000
+    nested = await h.post("backup", deep, signed(deep, secret=BACKUP_SECRET, timestamp=int(time.time())))
+    assert nested.status_code == 400 and nested.json()["reason"] == "body is nested too deeply"
+    huge_stamp = await h.post("backup", b"{}", signed(b"{}", secret=BACKUP_SECRET, timestamp=10**30))
+    assert huge_stamp.status_code == 401
+    far = alerts("ClockSkew", starts="9999-12-31T23:59:59Z")
+    accepted = await h.post("alertmanager", far, signed(far, timestamp=int(time.time())))
+    assert accepted.status_code == 202
+    await h.ingress.drain()
+    event = [e for e in h.events() if e.status == "accepted"][0]
+    assert event.event_at is None or event.event_at.year < 9999  # not believed: it would order every later event

@@ -141,9 +141,11 @@ async def test_a_strangers_update_costs_one_row_even_when_redelivered(served: Se
 async def test_malformed_bodies_get_400_and_a_row(served: Served, fake_openai: Any) -> None:
     not_json = await post_update(served, b"{not json")
     no_id = await post_update(served, b'{"message": {}}')
-    assert (not_json.status_code, no_id.status_code) == (400, 400)
+    too_deep = await post_update(served, b"[" * 100_000 + b"]" * 100_000)
+    assert (not_json.status_code, no_id.status_code, too_deep.status_code) == (400, 400, 400)
     assert [(e.status, e.verified, e.reason) for e in served.events()] == [
-        ("refused", True, "malformed update (JSONDecodeError)"), ("refused", True, "malformed update (KeyError)")]
+        ("refused", True, "malformed update (JSONDecodeError)"), ("refused", True, "malformed update (KeyError)"),
+        ("refused", True, "malformed update (RecursionError)")]
     assert served.application.update_queue.qsize() == 0 and fake_openai.completions == []
 
 
