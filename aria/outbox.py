@@ -179,13 +179,15 @@ class Outbox:
             due, wake = self._plan(session, now, channel)
         return now if due else wake
 
-    def is_head(self, outbox_id: int, chat_id: int, channel: str) -> bool:
-        """True when no older row to the same chat is still waiting (so this one may go now, in order)."""
+    def head_row(self, outbox_id: int, channel: str) -> OutboxRow | None:
+        """The row, when it is still pending and no older row to the same chat waits (so it may go now, in order);
+        else None. One read: this runs on every answer."""
+        older = (select(_TABLE.c.id).where(_TABLE.c.status == "pending", _TABLE.c.channel == channel,
+                                           _TABLE.c.chat_id == OutboxRow.chat_id, _TABLE.c.id < outbox_id)
+                 .correlate_except(_TABLE).exists())
         with self.ledger.read() as session:
-            older = session.exec(select(OutboxRow.id).where(
-                col(OutboxRow.status) == "pending", col(OutboxRow.channel) == channel,
-                col(OutboxRow.chat_id) == chat_id, col(OutboxRow.id) < outbox_id).limit(1)).first()
-        return older is None
+            return session.exec(select(OutboxRow).where(col(OutboxRow.id) == outbox_id,
+                                                        col(OutboxRow.status) == "pending", ~older)).first()
 
     def _plan(self, session: Session, now: dt.datetime, channel: str) -> tuple[list[int], dt.datetime | None]:
         # Only ids, chats and times: payloads (PNG charts) stay on disk until a row is actually sent.
@@ -238,9 +240,11 @@ class Outbox:
             return int(session.exec(select(func.count()).select_from(OutboxRow)
                                     .where(col(OutboxRow.status) == "refused")).one())
 
-    def mark_delivered(self, outbox_id: int, message_id: int | None) -> None:
+    def mark_delivered(self, outbox_id: int, message_id: int | None, *, row: OutboxRow | None = None) -> None:
         """Delivered: record when and as which message (the last part, the one carrying the buttons); an approval
-        request's message id goes on the approval in the same transaction, so its expiry can edit it."""
+        request's message id goes on the approval in the same transaction, so its expiry can edit it. With the
+        `row` in hand, the statements it cannot need (part progress of a single message, no approval) are skipped:
+        this runs on every answer."""
         with self.ledger.write_conn() as conn:
             changed = conn.execute(
                 update(_TABLE)
@@ -248,8 +252,9 @@ class Outbox:
                 .values(status="delivered", delivered_at=self.ledger.now(), message_id=message_id,
                         attempts=_TABLE.c.attempts + 1)
             ).rowcount
-            conn.execute(delete(KeyValue).where(col(KeyValue.key) == _progress_key(outbox_id)))
-            if changed and message_id is not None:
+            if row is None or row.attempts > 0 or len(row.text) > TEXT_LIMIT or row.payload is not None:
+                conn.execute(delete(KeyValue).where(col(KeyValue.key) == _progress_key(outbox_id)))
+            if changed and message_id is not None and (row is None or row.approval_id is not None):
                 approvals = Approval.__table__  # type: ignore[attr-defined]
                 approval_of = select(_TABLE.c.approval_id).where(_TABLE.c.id == outbox_id).scalar_subquery()
                 conn.execute(update(approvals).where(approvals.c.id == approval_of).values(message_id=message_id))
@@ -271,9 +276,11 @@ class Outbox:
                         status="pending" if retry_at is not None else "refused")
             )
 
-    def parts_sent(self, outbox_id: int) -> int:
-        """How many parts of a multi-message row already arrived."""
-        value = self.ledger.get_flag(_progress_key(outbox_id))
+    def parts_sent(self, row: OutboxRow) -> int:
+        """How many parts of a multi-message row already arrived (none before a first attempt)."""
+        if row.attempts == 0 or row.id is None:
+            return 0
+        value = self.ledger.get_flag(_progress_key(row.id))
         return int(value) if value else 0
 
     def record_parts_sent(self, outbox_id: int, count: int) -> None:

@@ -71,11 +71,9 @@ class OutboxSender:
         """Deliver one row now when it is the oldest waiting for its chat, returning the message it became; else
         leave it to the queue, which keeps the chat's order (None)."""
         async with self._lock:
-            row = self.outbox.get(outbox_id)
-            if row is None or row.status != "pending":
-                return row.message_id if row is not None else None
-            if self._stopping or not self.outbox.is_head(outbox_id, row.chat_id, CHANNEL):
-                self.kick()
+            row = self.outbox.head_row(outbox_id, CHANNEL)
+            if row is None or self._stopping:
+                self.kick()  # delivered already, or it waits behind an older message to its chat
                 return None
             result, message_id = await self._deliver(row)
         if result != "delivered":
@@ -175,7 +173,7 @@ class OutboxSender:
         photo = row.payload is not None
         parts = [Part("text", row.text)] if row.kind == "edit" else message_parts(row.text, photo=photo)
         message_id: int | None = None
-        for index in range(self.outbox.parts_sent(row.id), len(parts)):
+        for index in range(self.outbox.parts_sent(row), len(parts)):
             last = index == len(parts) - 1
             try:
                 message_id = await self._send_honouring_flood(row, parts[index], buttons=last,
@@ -192,7 +190,7 @@ class OutboxSender:
                 return "later", None
             if not last:
                 self.outbox.record_parts_sent(row.id, index + 1)
-        self.outbox.mark_delivered(row.id, message_id)
+        self.outbox.mark_delivered(row.id, message_id, row=row)
         if row.kind != "edit" and row.edit_message_id is not None and message_id != row.edit_message_id:
             await self._drop_progress(row)
         return "delivered", message_id
