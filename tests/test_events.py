@@ -308,3 +308,15 @@ async def test_deeply_nested_json_and_absurd_event_times_get_clean_answers(make_
     await h.ingress.drain()
     event = next(e for e in h.events() if e.status == "accepted")
     assert event.event_at is None or event.event_at.year < 9999  # not believed: it would order every later event
+
+
+async def test_an_approval_asked_for_by_an_event_run_gets_its_expiry_job(make_harness: Any, fake_openai: Any,
+                                                                         probe_skills: Path) -> None:
+    h = await make_harness(skills_dir=probe_skills)
+    fake_openai.enqueue_tool_call("write_mark", {"label": "restart db1"})
+    body = alerts("DiskFull")
+    assert (await h.post("alertmanager", body, signed(body, timestamp=int(time.time())))).status_code == 202
+    await h.ingress.drain()
+    (approval,) = h.aria.approvals.pending()
+    assert h.aria.scheduler.aps.get_job(f"approval-expiry:{approval.id}") is not None
+    assert [text for _, text in h.inbox.messages if text.startswith("Approval needed")]  # shown to the owner

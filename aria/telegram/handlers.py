@@ -174,5 +174,5 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
     if isinstance(update, Update) and update.effective_chat is not None and update.effective_user is not None \
             and update.effective_user.id in aria.settings.owner_ids:
         detail = str(error) if isinstance(error, LedgerUnavailable) else type(error).__name__
-        await _channel(context).tell_directly(update.effective_chat.id,
-                                              f"Something went wrong handling that ({detail}); it is in the log.")
+        await aria.runs.reply(_channel(context), update.effective_chat.id,
+                              f"Something went wrong handling that ({detail}); it is recorded.")
