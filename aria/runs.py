@@ -53,6 +53,7 @@ class RunService:
         self._probe: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._told_down = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the service runs on, set by `recover`
         self.ledger.health.listeners.append(self._health_changed)
 
     # channels -----------------------------------------------------------------------------------------------
@@ -253,14 +254,11 @@ class RunService:
                 "written (free some disk space, or fix the file's permissions).")
 
     def _health_changed(self, reason: str | None) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # a write outside the event loop (a thread): the next request notices
-        if reason is not None:
-            loop.call_soon(self._went_down)
-        else:
-            loop.call_soon(self._came_back)
+        # Writes also happen in worker threads (the probe, alerts): the reaction always runs on the event loop.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        loop.call_soon_threadsafe(self._went_down if reason is not None else self._came_back)
 
     def _went_down(self) -> None:
         owner = self.owner_chat()
@@ -287,6 +285,7 @@ class RunService:
 
     async def recover(self) -> None:
         """At start-up: settle what a stopped process left (see aria.recovery), before new requests arrive."""
+        self._loop = asyncio.get_running_loop()
         await self.recovery.run()
 
 

@@ -178,8 +178,9 @@ async def test_model_replies_with_a_null_message_or_lone_surrogates_leak_nothing
 
 
 @pytest.fixture
-def disk_limit(make_aria: MakeAria) -> Iterator[Callable[[Aria, int | None], None]]:
-    """Caps a ledger's size in pages on every connection (SQLite's own "database or disk is full")."""
+def disk_limit() -> Iterator[Callable[[Aria, int | None], None]]:
+    """Caps a ledger's size in pages on every connection: SQLite's own "database or disk is full" once a write
+    needs a page more (None lifts the cap)."""
     limits: dict[int, int | None] = {}
 
     def limit(aria: Aria, pages: int | None) -> None:
@@ -194,6 +195,22 @@ def disk_limit(make_aria: MakeAria) -> Iterator[Callable[[Aria, int | None], Non
     yield limit
 
 
+@pytest.fixture
+def read_only() -> Iterator[Callable[[Aria, bool], None]]:
+    """Makes every connection of a ledger refuse writes (SQLite's "attempt to write a readonly database")."""
+    states: dict[int, bool] = {}
+
+    def set_read_only(aria: Aria, on: bool) -> None:
+        key = id(aria.ledger.engine)
+        if key not in states:
+            @event.listens_for(aria.ledger.engine, "checkout")
+            def _mode(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+                dbapi_conn.execute(f"PRAGMA query_only = {'ON' if states.get(key) else 'OFF'}")
+        states[key] = on
+
+    yield set_read_only
+
+
 async def test_a_full_disk_stops_aria_acting_loudly_and_it_recovers_by_itself(
         bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any,
         disk_limit: Callable[[Aria, int | None], None]) -> None:
@@ -203,8 +220,7 @@ async def test_a_full_disk_stops_aria_acting_loudly_and_it_recovers_by_itself(
         with aria.ledger.read_conn() as conn:
             pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
         disk_limit(aria, pages)  # full: not one more page
-        fake_openai.default_text = "filler " * 3000  # a reply too big to record
-        fake_telegram.add_message("first request", user_id=OWNER)
+        fake_telegram.add_message("first request " + "with a long body " * 230, user_id=OWNER)  # needs new pages
         (notice,) = await shown(fake_telegram, "I stopped acting")
         assert "disk is full" in notice.params["text"]
         calls_before = len(fake_openai.completions)
@@ -247,3 +263,25 @@ async def test_the_terminal_answers_every_owner_command(make_aria: MakeAria, pro
                      "Cost · last 3 days"):
         assert expected in text, expected
     assert aria.ledger.get_flag("paused") == "no"
+
+
+async def test_a_ledger_turning_read_only_mid_run_leaves_no_open_run_or_reservation_once_it_is_back(
+        bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any,
+        read_only: Callable[[Aria, bool], None]) -> None:
+    aria = bot_aria()
+    aria.runs._probe_every = 0.05
+    async with polling(aria):
+        fake_openai.enqueue_hang(1.0)
+        fake_openai.default_text = "Chapter one."
+        fake_telegram.add_message("write me a novel", user_id=OWNER)
+        await fake_openai.wait_for_requests(1)
+        read_only(aria, True)  # the run is open and its call reserved: now nothing more can be written
+        (notice,) = await shown(fake_telegram, "I stopped acting")
+        assert "read-only" in notice.params["text"] and len(fake_openai.completions) == 1
+        read_only(aria, False)
+        (closed,) = await shown(fake_telegram, "I stopped working on «write me a novel»")
+        assert [b["text"] for row in closed.params["reply_markup"]["inline_keyboard"] for b in row] == ["Retry"]
+        await shown(fake_telegram, "My ledger can be written again")
+    assert _rows(aria, Spend, Spend.status == "reserved") == []
+    (run,) = _rows(aria, Run, Run.trigger == "message")
+    assert (run.status, run.stop_reason) == ("failed", "ledger_unwritable")

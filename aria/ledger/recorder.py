@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -54,15 +55,16 @@ def column_values(row: SQLModel) -> dict[str, Any]:
 _UNWRITABLE = ("disk is full", "readonly", "read-only", "disk i/o error", "unable to open database")
 
 
-def unwritable_reason(exc: OperationalError) -> str | None:
+def unwritable_reason(exc: OperationalError | sqlite3.OperationalError) -> str | None:
     """Why a failed statement means the database cannot be written now (None for other operational errors)."""
-    message = str(exc.orig).lower()
+    original = exc.orig if isinstance(exc, OperationalError) else exc
+    message = str(original).lower()
     if "disk is full" in message:
         return "the disk is full"
     if "readonly" in message or "read-only" in message:
         return "the database is read-only"
     if any(words in message for words in _UNWRITABLE):
-        return f"the database cannot be written ({exc.orig})"
+        return f"the database cannot be written ({original})"
     return None
 
 
@@ -158,7 +160,8 @@ class Ledger:
         succeeds brings it back up."""
         try:
             yield
-        except OperationalError as exc:
+        # BEGIN IMMEDIATE goes straight to the driver (see db.py), so its refusal arrives unwrapped.
+        except (OperationalError, sqlite3.OperationalError) as exc:
             reason = unwritable_reason(exc)
             if reason is None:
                 raise
