@@ -67,15 +67,17 @@ class ReplyWriter:
     """The agent's `reply` hook: writes a run's reply as an outbox row in the transaction that finishes the run,
     and remembers the row's id for delivery."""
 
-    def __init__(self, outbox: Outbox, channel: Channel | None, chat_id: int | None, presence: Live) -> None:
+    def __init__(self, outbox: Outbox, channel: Channel | None, chat_id: int | None, presence: Live, *,
+                 notify: bool = True) -> None:
         self.outbox = outbox
         self.channel = channel
         self.chat_id = chat_id
         self.presence = presence
+        self.notify = notify  # False: only an approval request is sent (it cannot be decided unseen)
         self.row_id: int | None = None
 
     def __call__(self, conn: Connection, outcome: Outcome) -> None:
-        if self.chat_id is None:
+        if self.chat_id is None or not (self.notify or outcome.approval_id is not None):
             return
         name = self.channel.name if self.channel is not None else "telegram"
         values = self.outbox.values(

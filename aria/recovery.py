@@ -11,7 +11,8 @@ For each run a dead process left `running` (or interrupted while stopping), take
     anything else                         ──> interrupted: "I was restarted while working on «…»" with a Retry button
 
 Open reservations of those runs are closed at their worst case first (the calls may have been billed). Then: every
-approval that is `approved` but whose run never resumed is carried out, and approvals past their expiry expire.
+approval decided but whose run never carried on is resumed (an approved action runs, once), and approvals past
+their expiry expire.
 A process recovers only runs of the channels it serves, so `aria chat` and `aria run` on one database leave each
 other's live runs alone (a run's worker is its process, checked for liveness).
 """
@@ -68,7 +69,7 @@ class Recovery:
         report.reservations_closed = self.ledger.close_reservations([run.id for run in orphans if run.id])
         for run in orphans:
             await self._settle(run, report)
-        for approval in self._approved_never_resumed():
+        for approval in self._decided_never_resumed():
             assert approval.id is not None
             report.approvals_resumed.append(approval.id)
             self.runs.spawn(self.runs.resume(approval), f"resume approval {approval.id}")
@@ -158,11 +159,13 @@ class Recovery:
             return s.exec(select(Approval).where(col(Approval.run_id) == run_id, col(Approval.status) == status)
                           .order_by(col(Approval.id).desc())).first()
 
-    def _approved_never_resumed(self) -> list[Approval]:
-        """Approvals decided `approved` whose run still waits: the press was recorded, the action never began."""
+    def _decided_never_resumed(self) -> list[Approval]:
+        """Approvals decided (approved, rejected, expired) whose run still waits: the decision was recorded, then the
+        process stopped before the run carried on (an approved action never began)."""
+        decided = col(Approval.status).in_(("approved", "rejected", "expired"))
         with self.ledger.read() as s:
             rows = s.exec(select(Approval).join(Run, col(Run.id) == col(Approval.run_id))
-                          .where(col(Approval.status) == "approved", col(Run.status) == "awaiting_approval")
+                          .where(decided, col(Run.status) == "awaiting_approval")
                           .order_by(col(Approval.id))).all()
         return [row for row in rows if self.runs.channel_for(self._run_channel(row)) is not None]
 

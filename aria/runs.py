@@ -81,7 +81,7 @@ class RunService:
             await self._refuse_unwritable(channel, request.chat_id, request.text)
             return None
         presence = channel.live(request.chat_id) if live else Quiet()
-        writer = ReplyWriter(self.outbox, channel, request.chat_id if notify else None, presence)
+        writer = ReplyWriter(self.outbox, channel, request.chat_id, presence, notify=notify)
         try:
             async with presence:
                 outcome = await self.aria.agent.run(request, presence.note, reply=writer)

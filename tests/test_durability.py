@@ -285,3 +285,23 @@ async def test_a_ledger_turning_read_only_mid_run_leaves_no_open_run_or_reservat
     assert _rows(aria, Spend, Spend.status == "reserved") == []
     (run,) = _rows(aria, Run, Run.trigger == "message")
     assert (run.status, run.stop_reason) == ("failed", "ledger_unwritable")
+
+
+async def test_a_rejection_recorded_just_before_a_crash_still_closes_its_run(
+        bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any) -> None:
+    first = bot_aria()
+    async with polling(first):
+        await _ask(fake_telegram, fake_openai)
+        approval = await _approval_with_message(first)
+    with first.ledger.write() as s:
+        row = s.get(Approval, approval.id)
+        assert row is not None
+        row.status, row.decided_by = "rejected", OWNER
+        s.add(row)
+    fake_openai.clear_script()
+    fake_openai.enqueue_text("Understood, nothing was marked.")
+    second = bot_aria()
+    async with polling(second):
+        await shown(fake_telegram, "Understood, nothing was marked.")
+    run = second.ledger.run(approval.run_id or 0)
+    assert run is not None and run.status == "rejected" and marks(second.settings.data_dir) == []
