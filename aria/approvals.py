@@ -25,7 +25,6 @@ from sqlmodel import col, select
 from aria.ledger import Approval, Ledger
 from aria.ledger.models import ApprovalStatus
 
-Decision = Literal["approve", "reject"]
 PressResult = Literal["approved", "rejected", "not_found", "expired", "already_decided", "stale"]
 CALLBACK_PREFIX = "ap"
 REFUSALS: dict[PressResult, str] = {
@@ -99,11 +98,6 @@ class Approvals:
         """Approvals still waiting, oldest first."""
         with self.ledger.read() as s:
             return list(s.exec(select(Approval).where(Approval.status == "pending").order_by(col(Approval.id))))
-
-    def set_message(self, approval_id: int, message_id: int) -> None:
-        """Remember the message carrying the buttons, so expiry can edit it."""
-        with self.ledger.write() as s:
-            s.execute(update(Approval).where(col(Approval.id) == approval_id).values(message_id=message_id))
 
     def decide(self, press: Press, user_id: int) -> PressResult:
         """Approve or reject a pending, unexpired approval whose hash matches; exactly one press wins."""

@@ -246,16 +246,9 @@ def spend_series(per_day: dict[dt.date, dict[str, int]], days: tuple[dt.date, ..
     return Series(days, stacks)
 
 
-def spend_between(ledger: Ledger, start: dt.datetime, end: dt.datetime) -> int:
-    """Micro-dollars of calls made in [start, end) (by `spend.created_at`)."""
-    query = select(func.coalesce(func.sum(COUNTED_MICROS), 0)).where(
-        col(Spend.created_at) >= start, col(Spend.created_at) < end, IS_COUNTED)
-    with ledger.read() as session:
-        return int(session.exec(query).one())
-
-
 def spend_in_windows(ledger: Ledger, windows: list[tuple[dt.datetime, dt.datetime]]) -> list[int]:
-    """`spend_between` for several windows in one read (each an indexed range on `spend.created_at`)."""
+    """Micro-dollars of calls made in each [start, end) window (by `spend.created_at`), in one read (each an indexed
+    range on `spend.created_at`)."""
     with ledger.read() as session:
         return [int(session.exec(select(func.coalesce(func.sum(COUNTED_MICROS), 0)).where(
             col(Spend.created_at) >= start, col(Spend.created_at) < end, IS_COUNTED)).one()) for start, end in windows]
