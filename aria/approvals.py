@@ -110,10 +110,10 @@ class Approvals:
         if row.status == "pending" and row.expires_at <= now:
             self.expire(row.id or 0)
             return "expired"
-        new: ApprovalStatus = "approved" if press.verb == "a" else "rejected"
+        new: Literal["approved", "rejected"] = "approved" if press.verb == "a" else "rejected"
         won = self._transition(press.approval_id, "pending", new, decided_by=user_id, decided_at=now,
                                extra=[col(Approval.expires_at) > now])
-        return new if won else "already_decided"  # type: ignore[return-value]
+        return new if won else "already_decided"
 
     def claim_execution(self, approval_id: int) -> bool:
         """approved -> executing: True for the one caller allowed to run the action."""

@@ -24,7 +24,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from aria.breaker import BreakerBoard
 from aria.errors import CircuitOpen, LedgerUnavailable, ProviderError, RetryableProviderError
 from aria.ledger import Ledger, Step
-from aria.ledger.models import Handling
+from aria.ledger.models import Handling, StepStatus
 from aria.llm.budget import Budget, Caps
 from aria.llm.pricing import TokenCounts
 from aria.llm.tokens import prompt_upper_bound
@@ -220,12 +220,12 @@ class ModelCaller:
             return RetryableProviderError("could not connect to the model endpoint")
         return RetryableProviderError(f"malformed response from the model endpoint ({type(exc).__name__})")
 
-    def _step(self, scope: CallScope, model: str, status: str, number: int, started: float, *,
+    def _step(self, scope: CallScope, model: str, status: StepStatus, number: int, started: float, *,
               error: Exception | None = None, detail: str | None = None) -> int:
         values = self._step_values(scope, model, status, number, started, error=error, detail=detail)
         return self.ledger.add_step(Step(**values))
 
-    def _step_values(self, scope: CallScope, model: str, status: str, number: int, started: float, *,
+    def _step_values(self, scope: CallScope, model: str, status: StepStatus, number: int, started: float, *,
                      error: Exception | None = None, detail: str | None = None) -> dict[str, Any]:
         """The step row of one attempt, as column values (settling inserts them with the spend)."""
         return {
