@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run chat doctor test lint bench clean
+.PHONY: run chat doctor test lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,7 +24,10 @@ doctor: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check aria skills tests bench
 
-test: $(STAMP) lint
+typecheck: $(STAMP)
+	$(BIN)/mypy aria skills
+
+test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)

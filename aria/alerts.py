@@ -174,6 +174,6 @@ def anomaly_text(anomaly: Anomaly, factor: float) -> str:
         for run in anomaly.runs:
             skills = ", ".join(run.skills) or "chat"
             lines.append(f"• run #{run.id} {format_usd(run.cost_micros)} [{skills}] {run.status}: {clip(run.request)}")
-        skills = sorted({skill for run in anomaly.runs for skill in (run.skills or ("chat",))})
-        lines.append("Skills: " + ", ".join(skills))
+        names = sorted({skill for run in anomaly.runs for skill in (run.skills or ("chat",))})
+        lines.append("Skills: " + ", ".join(names))
     return "\n".join(lines)

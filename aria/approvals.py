@@ -25,7 +25,6 @@ from sqlmodel import col, select
 from aria.ledger import Approval, Ledger
 from aria.ledger.models import ApprovalStatus
 
-Decision = Literal["approve", "reject"]
 PressResult = Literal["approved", "rejected", "not_found", "expired", "already_decided", "stale"]
 CALLBACK_PREFIX = "ap"
 REFUSALS: dict[PressResult, str] = {
@@ -100,11 +99,6 @@ class Approvals:
         with self.ledger.read() as s:
             return list(s.exec(select(Approval).where(Approval.status == "pending").order_by(col(Approval.id))))
 
-    def set_message(self, approval_id: int, message_id: int) -> None:
-        """Remember the message carrying the buttons, so expiry can edit it."""
-        with self.ledger.write() as s:
-            s.execute(update(Approval).where(col(Approval.id) == approval_id).values(message_id=message_id))
-
     def decide(self, press: Press, user_id: int) -> PressResult:
         """Approve or reject a pending, unexpired approval whose hash matches; exactly one press wins."""
         row = self.get(press.approval_id)
@@ -116,10 +110,10 @@ class Approvals:
         if row.status == "pending" and row.expires_at <= now:
             self.expire(row.id or 0)
             return "expired"
-        new: ApprovalStatus = "approved" if press.verb == "a" else "rejected"
+        new: Literal["approved", "rejected"] = "approved" if press.verb == "a" else "rejected"
         won = self._transition(press.approval_id, "pending", new, decided_by=user_id, decided_at=now,
                                extra=[col(Approval.expires_at) > now])
-        return new if won else "already_decided"  # type: ignore[return-value]
+        return new if won else "already_decided"
 
     def claim_execution(self, approval_id: int) -> bool:
         """approved -> executing: True for the one caller allowed to run the action."""

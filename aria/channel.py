@@ -6,6 +6,7 @@ row written before it is sent; `ReplyWriter` writes a run's reply in the transac
 
 from __future__ import annotations
 
+from types import TracebackType
 from typing import Protocol
 
 from sqlalchemy import Connection
@@ -17,11 +18,14 @@ from aria.outbox import Outbox
 class Live(Protocol):
     """A channel's presence while one run works: typing, and a progress note the answer may replace."""
 
-    message_id: int | None  # the progress message the answer replaces, once there is one
+    @property
+    def message_id(self) -> int | None:
+        """The progress message the answer replaces, once there is one."""
 
     async def __aenter__(self) -> Live: ...
 
-    async def __aexit__(self, *exc: object) -> None: ...
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
 
     async def note(self, text: str) -> None:
         """Show what the run is doing now."""

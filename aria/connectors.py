@@ -38,6 +38,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from aria.breaker import BreakerBoard, CircuitBreaker
 from aria.errors import ConnectorDown, ProviderError, RetryableProviderError, ToolError
 from aria.ledger import Ledger
+from aria.ledger.models import Handling
 from aria.retry import RETRYABLE_STATUSES, backoff, parse_retry_after
 
 RETRY_STATUSES = RETRYABLE_STATUSES
@@ -281,7 +282,7 @@ class Connector:
             return False
         return True
 
-    def _record(self, call: _Call, error: BaseException, handling: str) -> None:
+    def _record(self, call: _Call, error: BaseException, handling: Handling) -> None:
         self._owner.ledger.add_failure(self.component, error, handling, run_id=call.run_id)
 
     def _give_up(self, call: _Call, error: ProviderError) -> None:

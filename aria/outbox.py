@@ -199,6 +199,7 @@ class Outbox:
         due: list[int] = []
         waiting: dict[int, dt.datetime] = {}
         for row_id, chat_id, at in heads:
+            assert row_id is not None  # read back from the table: every row has its id
             if chat_id in waiting:
                 continue
             when = as_utc(at) if at is not None else now

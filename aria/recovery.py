@@ -24,13 +24,14 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Connection
 from sqlmodel import col, select
 
 from aria.agent.outcome import Action
 from aria.channel import Quiet, ReplyWriter
 from aria.errors import LedgerUnavailable
 from aria.ledger import Approval, Run, as_utc
-from aria.ledger.models import RunStatus
+from aria.ledger.models import ApprovalStatus, RunStatus
 from aria.sanitize import shorten
 
 if TYPE_CHECKING:
@@ -144,17 +145,17 @@ class Recovery:
         chat_id = run.chat_id if run.chat_id is not None else self.runs.owner_chat()
         row: list[int | None] = []
 
-        def write(conn: object) -> None:
+        def write(conn: Connection) -> None:
             if chat_id is not None:
                 values = self.runs.outbox.values(chat_id, text, actions=actions, run_id=run.id, purpose="notice",
                                                  channel=channel.name if channel is not None else "telegram")
-                row.append(self.runs.outbox.insert(conn, values))  # type: ignore[arg-type]
+                row.append(self.runs.outbox.insert(conn, values))
 
         self.ledger.finish_run(run.id, status, stop_reason=stop_reason, final_text=text, then=write)
         if channel is not None and row:
             await self.runs.deliver(channel, row[0])
 
-    def _approval(self, run_id: int, status: str) -> Approval | None:
+    def _approval(self, run_id: int, status: ApprovalStatus) -> Approval | None:
         with self.ledger.read() as s:
             return s.exec(select(Approval).where(col(Approval.run_id) == run_id, col(Approval.status) == status)
                           .order_by(col(Approval.id).desc())).first()

@@ -6,8 +6,6 @@ decoder, or a model that splits an emoji) cannot be encoded, so it would crash w
 
 from __future__ import annotations
 
-REPLACEMENT = "\ufffd"
-
 
 def clean_text(text: str) -> str:
     """`text` with every code point that UTF-8 cannot encode replaced by U+FFFD (valid text comes back as is)."""

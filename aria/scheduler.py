@@ -17,7 +17,6 @@ from zoneinfo import ZoneInfo
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
-from apscheduler.triggers.interval import IntervalTrigger
 
 from aria.ledger import Ledger, Run
 
@@ -60,10 +59,6 @@ class Scheduler:
     def daily(self, job_id: str, at: dt.time, func: JobFunc, *args: Any, acts: bool = False) -> None:
         """Run every day at a local time in the owner's zone (DST-aware)."""
         self._add(job_id, CronTrigger(hour=at.hour, minute=at.minute, timezone=self.tz), func, args, acts)
-
-    def every(self, job_id: str, seconds: float, func: JobFunc, *args: Any, acts: bool = False) -> None:
-        """Run at a fixed interval."""
-        self._add(job_id, IntervalTrigger(seconds=seconds, timezone=self.tz), func, args, acts)
 
     def cancel(self, job_id: str) -> bool:
         """Remove a job; False when there was none."""

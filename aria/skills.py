@@ -147,7 +147,7 @@ def spec_from_function(func: Callable[..., Any], skill: str) -> ToolSpec:
             raise TypeError(f"tool {func.__name__}: parameter {name} needs a type annotation")
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[name] = (hints[name], default)
-    model = create_model(  # type: ignore[call-overload]
+    model = create_model(
         f"{func.__name__}_input", __config__=ConfigDict(extra="forbid"), **fields
     )
     words = set(meta["keywords"]) | set(_WORD.findall(func.__name__.replace("_", " ")))

@@ -6,7 +6,7 @@ import datetime as dt
 import platform
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import psutil
 from pydantic import BaseModel, Field
@@ -107,18 +107,18 @@ def _sample(window: float) -> tuple[float, list[tuple[int, str, float, float]]]:
         procs.append(proc)
     time.sleep(window)
     total = psutil.cpu_percent(None)
-    rows = []
+    rows: list[tuple[int, str, float, float]] = []
     for proc in procs:
         try:
             cpu = proc.cpu_percent(None)
         except psutil.Error:
             continue
-        info = proc.info  # type: ignore[attr-defined]
+        info = proc.info
         rows.append((info["pid"], info["name"] or "?", info["memory_percent"] or 0.0, cpu))
     return total, rows
 
 
-def _top(rows: list[tuple[int, str, float, float]], index: int, top: int) -> list[Proc]:
+def _top(rows: list[tuple[int, str, float, float]], index: Literal[2, 3], top: int) -> list[Proc]:  # 2 memory, 3 CPU
     best = sorted(rows, key=lambda r: r[index], reverse=True)[:top]
     return [Proc(pid=r[0], name=r[1], percent=round(r[index], 1)) for r in best]
 
@@ -133,7 +133,7 @@ def host_health(ctx: ToolContext, top: Annotated[int, Field(ge=1, le=20)] = 5) -
         host=platform.node(),
         disks=[_disk(p) for p in paths],
         memory=_memory(),
-        load=tuple(round(x, 2) for x in psutil.getloadavg()),  # type: ignore[arg-type]
+        load=tuple(round(x, 2) for x in psutil.getloadavg()),
         cpu_count=psutil.cpu_count() or 1,
         cpu_percent=cpu_total,
         uptime=_duration(time.time() - boot),  # the real clock: boot time is a real instant, not ctx.clock's

@@ -232,6 +232,7 @@ def _readable(html: bytes, url: str) -> tuple[str | None, str]:
         return _lxml_text(html)
     document = trafilatura.bare_extraction(html, url=url, with_metadata=True, include_comments=False,
                                            include_images=False)
+    assert not isinstance(document, dict)  # a dict only when as_dict=True is passed
     if document is not None and document.text:
         return document.title, document.text
     # No main content found (a very short page, an app shell): take every visible text instead.

@@ -211,7 +211,7 @@ class Agent:
         state = RunState(scope=scope, request=request, messages=messages, tools=tools)
         state.route = self.router.route(request.text, escalate=request.escalate)
         share = day_spent / self.budget.day_cap if self.budget.day_cap else 1.0
-        state.models = self.router.chain(state.route, day_share_used=share)  # type: ignore[arg-type]
+        state.models = self.router.chain(state.route, day_share_used=share)
         if share >= self.router.cheap_only_share:
             state.escalated = True  # no escalation past the share: the strong model is off for today
             if self.ledger.claim_flag(f"cheap-only:{self.budget.today()}", str(scope.run_id)):

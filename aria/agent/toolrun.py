@@ -11,16 +11,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from aria.agent.gate import Gate, GateDecision
+from aria.agent.gate import Gate, GateAction, GateDecision
 from aria.errors import ConnectorDown, ToolError, ToolInputError, ToolTimeout
 from aria.ledger import Ledger, Step
-from aria.ledger.models import StepStatus
+from aria.ledger.models import Handling, StepStatus
 from aria.llm.client import CallScope, ToolCallRequest
 from aria.skills import SkillSet, ToolContext, ToolSpec
 
 ToolStatus = Literal["ok", "invalid", "unknown", "error", "timeout", "degraded", "blocked", "shadow", "skipped",
                      "approval"]
 OUTPUT_TOKENS = 1_500  # tool output handed back to the model, at most
+_HANDLING: dict[ToolStatus, Handling] = {"invalid": "corrected", "degraded": "degraded"}  # else "reported"
+_GATED: dict[GateAction, ToolStatus] = {"block": "blocked", "shadow": "shadow", "skip": "skipped"}  # else "approval"
 
 
 class HandoffArgs(BaseModel):
@@ -158,7 +160,7 @@ class ToolRunner:
                 step_id: int | None = None) -> ToolRun:
         step_status: StepStatus = "timeout" if status == "timeout" else "refused" if status == "invalid" else "error"
         step_id = self._step(scope, call, spec, step_status, started, result=message, error=error, step_id=step_id)
-        handling = {"invalid": "corrected", "degraded": "degraded"}.get(status, "reported")
+        handling = _HANDLING.get(status, "reported")
         self.ledger.add_failure(f"tool:{spec.name}", error, handling, run_id=scope.run_id, step_id=step_id)
         content = fence(call.name, f"ERROR ({type(error).__name__}): {message}")
         return ToolRun(status, content, f"{call.name} → {message[:160]}", service)
@@ -166,8 +168,7 @@ class ToolRunner:
     def _gated(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, decision: GateDecision,
                arguments: dict[str, Any]) -> ToolRun:
         """Record a call the gate did not let run, and what the model is told about it."""
-        status: ToolStatus = {"block": "blocked", "shadow": "shadow", "skip": "skipped"}.get(  # type: ignore[assignment]
-            decision.action, "approval")
+        status = _GATED.get(decision.action, "approval")
         step_status: StepStatus = "refused" if status == "blocked" else "skipped" if status in ("shadow", "skipped") \
             else "ok"
         self.ledger.add_step(Step(

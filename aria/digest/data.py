@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, case, func
+from sqlalchemy import select as core_select
 from sqlmodel import Session, col, select
 
 from aria.ledger import COUNTED_MICROS, IS_COUNTED, Event, Failure, Ledger, Run, Spend, Step
@@ -245,16 +246,9 @@ def spend_series(per_day: dict[dt.date, dict[str, int]], days: tuple[dt.date, ..
     return Series(days, stacks)
 
 
-def spend_between(ledger: Ledger, start: dt.datetime, end: dt.datetime) -> int:
-    """Micro-dollars of calls made in [start, end) (by `spend.created_at`)."""
-    query = select(func.coalesce(func.sum(COUNTED_MICROS), 0)).where(
-        col(Spend.created_at) >= start, col(Spend.created_at) < end, IS_COUNTED)
-    with ledger.read() as session:
-        return int(session.exec(query).one())
-
-
 def spend_in_windows(ledger: Ledger, windows: list[tuple[dt.datetime, dt.datetime]]) -> list[int]:
-    """`spend_between` for several windows in one read (each an indexed range on `spend.created_at`)."""
+    """Micro-dollars of calls made in each [start, end) window (by `spend.created_at`), in one read (each an indexed
+    range on `spend.created_at`)."""
     with ledger.read() as session:
         return [int(session.exec(select(func.coalesce(func.sum(COUNTED_MICROS), 0)).where(
             col(Spend.created_at) >= start, col(Spend.created_at) < end, IS_COUNTED)).one()) for start, end in windows]
@@ -344,8 +338,8 @@ def costly_runs(session: Session, start: dt.datetime, end: dt.datetime, limit: i
         .order_by(col(Run.cost_micros).desc(), col(Run.id))
         .limit(limit)
     ).all()
-    skills = run_skills(session, [int(r[0]) for r in rows])
-    return [CostlyRun(int(i), int(c), s, q, skills.get(int(i), ())) for i, c, s, q in rows]
+    skills = run_skills(session, [_id(r[0]) for r in rows])
+    return [CostlyRun(_id(i), int(c), s, q, skills.get(_id(i), ())) for i, c, s, q in rows]
 
 
 def runs_behind(ledger: Ledger, start: dt.datetime, end: dt.datetime, limit: int = 3) -> list[CostlyRun]:
@@ -361,8 +355,14 @@ def runs_behind(ledger: Ledger, start: dt.datetime, end: dt.datetime, limit: int
     )
     with ledger.read() as session:
         rows = session.exec(query).all()
-        skills = run_skills(session, [int(r[0]) for r in rows])
-    return [CostlyRun(int(i), int(c), s, q, skills.get(int(i), ())) for i, c, s, q in rows]
+        skills = run_skills(session, [_id(r[0]) for r in rows])
+    return [CostlyRun(_id(i), int(c), s, q, skills.get(_id(i), ())) for i, c, s, q in rows]
+
+
+def _id(run_id: int | None) -> int:
+    """A run id these queries return: a primary key, or a foreign key joined to one, so never NULL."""
+    assert run_id is not None
+    return run_id
 
 
 # failures and handoffs --------------------------------------------------------------------------------------
@@ -385,13 +385,14 @@ def failure_groups(session: Session, start: dt.datetime, end: dt.datetime, reaso
 
 
 def _handoffs(session: Session, start: dt.datetime, end: dt.datetime, limit: int = 5) -> list[HandoffLine]:
-    rows = session.exec(
-        select(col(Run.id), col(Run.status), col(Run.request), col(Run.stop_reason), col(Run.final_text))
+    # Five columns are more than SQLModel's select() types: a Core query on the session's connection.
+    rows = session.connection().execute(
+        core_select(col(Run.id), col(Run.status), col(Run.request), col(Run.stop_reason), col(Run.final_text))
         .where(_in_window(col(Run.started_at), start, end), col(Run.status).in_(("handoff", "budget_exhausted")))
         .order_by(col(Run.started_at).desc(), col(Run.id).desc())
         .limit(limit)
     ).all()
-    return [HandoffLine(int(i), s, q, _first_line(text) or (stop or s)) for i, s, q, stop, text in rows]
+    return [HandoffLine(_id(i), s, q, _first_line(text) or (stop or s)) for i, s, q, stop, text in rows]
 
 
 def _first_line(text: str | None) -> str:

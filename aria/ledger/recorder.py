@@ -195,7 +195,9 @@ class Ledger:
         """Insert one row from column values, the table's defaults filling the rest; returns its id. The hot path
         inserts this way: building a table model instance costs more than the INSERT."""
         table: Table = model.__table__  # type: ignore[attr-defined]
-        return int(conn.execute(_insert_into(table), values).inserted_primary_key[0])
+        key = conn.execute(_insert_into(table), values).inserted_primary_key
+        assert key is not None  # a single-row INSERT always has one
+        return int(key[0])
 
     @staticmethod
     def update_row(conn: Connection, model: type[SQLModel], row_id: int, values: dict[str, Any]) -> int:
@@ -406,4 +408,4 @@ class Ledger:
     def steps(self, run_id: int) -> list[Step]:
         """A run's steps in order."""
         with self.read() as s:
-            return list(s.exec(select(Step).where(Step.run_id == run_id).order_by(Step.seq, Step.id)))
+            return list(s.exec(select(Step).where(col(Step.run_id) == run_id).order_by(col(Step.seq), col(Step.id))))

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, Select, and_, case, func
+from sqlalchemy import select as core_select
 from sqlmodel import col, select
 
 from aria.ledger.models import COUNTED_MICROS, IS_COUNTED, MICROS, Failure, Run, Spend, Step
@@ -159,9 +160,10 @@ def spend_summary(ledger: Ledger, first: dt.date, last: dt.date, by: SpendGroupi
         key = col(Spend.model) if by == "model" else col(Spend.day)
         totals = _totals(key)
         order = [key] if by == "day" else [totals[1].desc(), key]
-        query = select(*totals).where(_in_days(first, last), IS_COUNTED).group_by(key).order_by(*order)
-    with ledger.read() as session:
-        rows = session.exec(query).all()
+        query = core_select(*totals).where(_in_days(first, last), IS_COUNTED).group_by(key).order_by(*order)
+    # Five columns are more than SQLModel's select() types: these aggregates are plain Core queries.
+    with ledger.read_conn() as conn:
+        rows = conn.execute(query).all()
     return [SpendLine(str(k), int(c), int(n), int(p or 0), int(o or 0)) for k, c, n, p, o in rows]
 
 
@@ -173,7 +175,7 @@ def _totals(key: Any) -> tuple[Any, ...]:
 
 def _by_skill(first: dt.date, last: dt.date) -> Select[Any]:
     per_run = (
-        select(col(Spend.run_id).label("run_id"), *_totals(col(Spend.run_id))[1:])
+        core_select(col(Spend.run_id).label("run_id"), *_totals(col(Spend.run_id))[1:])
         .where(_in_days(first, last), IS_COUNTED)
         .group_by(col(Spend.run_id))
         .cte("run_spend")
@@ -182,12 +184,12 @@ def _by_skill(first: dt.date, last: dt.date) -> Select[Any]:
     # table) lets SQLite look steps up through ix_step_run_id instead of scanning a temporary table per run.
     is_tool = and_(col(Step.run_id) == per_run.c.run_id, col(Step.kind) == "tool", col(Step.skill).is_not(None))
     pairs = (
-        select(*per_run.c, col(Step.skill).label("skill"))
+        core_select(*per_run.c, col(Step.skill).label("skill"))
         .select_from(per_run.outerjoin(Step, is_tool))
         .distinct()
         .subquery()
     )
-    ranked = select(
+    ranked = core_select(
         *pairs.c,
         func.row_number().over(partition_by=pairs.c.run_id, order_by=pairs.c.skill).label("rank"),
         func.count().over(partition_by=pairs.c.run_id).label("n"),
@@ -202,7 +204,7 @@ def _by_skill(first: dt.date, last: dt.date) -> Select[Any]:
     key = func.coalesce(ranked.c.skill, CHAT).label("key")
     cost = share(ranked.c.cost)
     return (
-        select(key, cost, share(ranked.c.calls), share(ranked.c.prompt), share(ranked.c.completion))
+        core_select(key, cost, share(ranked.c.calls), share(ranked.c.prompt), share(ranked.c.completion))
         .group_by(key)
         .order_by(cost.desc(), key)
     )

@@ -24,8 +24,8 @@ from aria.llm.pricing import PriceBook, TokenCounts
 if TYPE_CHECKING:
     from aria.config import Settings
 
-_TOKENS = case((Spend.status == "reserved", Spend.reserved_tokens),
-               (Spend.status == "settled", Spend.prompt_tokens + Spend.completion_tokens), else_=0)
+_TOKENS = case((col(Spend.status) == "reserved", col(Spend.reserved_tokens)),
+               (col(Spend.status) == "settled", col(Spend.prompt_tokens) + col(Spend.completion_tokens)), else_=0)
 # Built once, with bound parameters: every reservation runs the sums, every settlement the run's totals, and
 # constructing a statement costs several times what SQLite takes to run it.
 _RUNS = Run.__table__  # type: ignore[attr-defined]

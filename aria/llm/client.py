@@ -19,11 +19,12 @@ from urllib.parse import urlsplit
 
 import openai
 from openai.types.chat import ChatCompletion
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from aria.breaker import BreakerBoard
 from aria.errors import CircuitOpen, LedgerUnavailable, ProviderError, RetryableProviderError
 from aria.ledger import Ledger, Step
+from aria.ledger.models import Handling, StepStatus
 from aria.llm.budget import Budget, Caps
 from aria.llm.pricing import TokenCounts
 from aria.llm.tokens import prompt_upper_bound
@@ -108,25 +109,26 @@ class ModelCaller:
             exc = state.outcome.exception() if state.outcome else None
             return backoff(state.attempt_number, getattr(exc, "retry_after", None))
 
-        def past_deadline(state: RetryCallState) -> bool:
-            return time.monotonic() + state.upcoming_sleep >= scope.deadline
+        def stop(state: RetryCallState) -> bool:  # out of attempts, or a retry would pass the deadline
+            return (state.attempt_number >= self.max_attempts
+                    or time.monotonic() + state.upcoming_sleep >= scope.deadline)
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(RetryableProviderError), wait=wait, sleep=self._sleep, reraise=True,
-            stop=stop_after_attempt(self.max_attempts) | past_deadline,
+            stop=stop,
         )
         async for attempt in retrying:
             with attempt:
                 number = attempt.retry_state.attempt_number
                 last = number >= self.max_attempts
-                handling = "fell_back" if has_next else "handed_off"
+                handling: Handling = "fell_back" if has_next else "handed_off"
                 return await self._attempt(scope, model, messages, tools, want, minimum, number,
                                            handling if last else "retried")
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _attempt(self, scope: CallScope, model: str, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]], want: int, minimum: int, number: int,
-                       handling: str) -> ChatResult:
+                       handling: Handling) -> ChatResult:
         breaker = self.board.get(self.breaker_key(model))
         if not breaker.allow():
             raise CircuitOpen(f"circuit open for {model}")
@@ -218,12 +220,12 @@ class ModelCaller:
             return RetryableProviderError("could not connect to the model endpoint")
         return RetryableProviderError(f"malformed response from the model endpoint ({type(exc).__name__})")
 
-    def _step(self, scope: CallScope, model: str, status: str, number: int, started: float, *,
+    def _step(self, scope: CallScope, model: str, status: StepStatus, number: int, started: float, *,
               error: Exception | None = None, detail: str | None = None) -> int:
         values = self._step_values(scope, model, status, number, started, error=error, detail=detail)
         return self.ledger.add_step(Step(**values))
 
-    def _step_values(self, scope: CallScope, model: str, status: str, number: int, started: float, *,
+    def _step_values(self, scope: CallScope, model: str, status: StepStatus, number: int, started: float, *,
                      error: Exception | None = None, detail: str | None = None) -> dict[str, Any]:
         """The step row of one attempt, as column values (settling inserts them with the spend)."""
         return {

@@ -30,8 +30,8 @@ CONCURRENT_UPDATES = 8  # other chats and runs go on while one run works
 ALLOWED_UPDATES = ["message", "edited_message", "callback_query"]
 
 
-def build_application(aria: Aria, *,  # type: ignore[type-arg]
-                      get_updates_request: SignallingRequest | None = None) -> Application:
+def build_application(aria: Aria, *,
+                      get_updates_request: SignallingRequest | None = None) -> Application:  # type: ignore[type-arg]
     """A ready Application: owner guard first, then commands, buttons and text. Its Telegram channel is in
     `bot_data["channel"]`; any Bot API call that succeeds wakes the channel's backed-off messages."""
     settings = aria.settings
