@@ -4,6 +4,7 @@
     ├── ConfigError            a setting is missing or invalid (names the variable, never the secret)
     ├── BudgetExhausted        a cap would be passed by the next call: stop, hand off
     ├── LedgerUnavailable      the ledger cannot be written (disk full, read-only): nothing acts until it can
+    ├── AlreadyHandled         another run already took this recorded message (a redelivered copy): do nothing
     ├── ProviderError          an outside service failed (model endpoint, connector)
     │   ├── RetryableProviderError   408/409/429/5xx/connection: worth another attempt
     │   │   ├── PollingStalled       no getUpdates completed within the stall limit: polling restarted
@@ -46,6 +47,10 @@ class LedgerUnavailable(AriaError):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(f"the ledger cannot be written: {reason}")
+
+
+class AlreadyHandled(AriaError):
+    """The recorded message a request answers was already taken by another run: this copy does nothing."""
 
 
 class ProviderError(AriaError):

@@ -26,7 +26,7 @@ from aria.agent.outcome import Action, Outcome
 from aria.agent.state import Request
 from aria.approvals import Press, PressResult, callback_data
 from aria.channel import Channel, Live, Quiet, ReplyWriter
-from aria.errors import LedgerUnavailable
+from aria.errors import AlreadyHandled, LedgerUnavailable
 from aria.ledger import Approval
 from aria.recovery import Recovery
 from aria.sanitize import shorten
@@ -76,7 +76,8 @@ class RunService:
     async def handle(self, request: Request, channel: Channel, *, notify: bool = True,
                      live: bool = True) -> Outcome | None:
         """Run one request and deliver its reply (written in the run's final transaction, so it cannot be lost).
-        None when the ledger cannot be written: nothing ran, and the owner was told directly."""
+        None when the ledger cannot be written (nothing ran; the owner was told directly) or when the recorded
+        message it answers was already taken by another run."""
         if not self.ledger.health.writable:
             await self._refuse_unwritable(channel, request.chat_id, request.text)
             return None
@@ -88,6 +89,8 @@ class RunService:
         except LedgerUnavailable:
             await self._refuse_unwritable(channel, request.chat_id, request.text)
             return None
+        except AlreadyHandled:
+            return None  # a second copy of a message another run answers
         await self.after_run(outcome, channel, writer.row_id)
         return outcome
 

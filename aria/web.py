@@ -32,6 +32,7 @@ from aria.config import env_name
 from aria.errors import ConfigError
 from aria.events import BodyTooLarge, EventIngress, read_body
 from aria.ledger import as_utc
+from aria.telegram.intake import SOURCE as INTAKE_SOURCE
 
 if TYPE_CHECKING:
     from aria.app import Aria
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SECRET_HEADER = "x-telegram-bot-api-secret-token"
-TELEGRAM_SOURCE = "telegram-update"
+TELEGRAM_SOURCE = INTAKE_SOURCE
 TELEGRAM_MAX_BYTES = 1024 * 1024  # updates are a few KB; this only stops a flood
 TelegramMode = Literal["webhook", "polling", "stopped", "off"]
 
@@ -136,8 +137,13 @@ class _Endpoints:
             # The owner guard records the refusal, once per update_id: a second row here would break "one row".
             await self.application.update_queue.put(update)
             return JSONResponse({"status": "accepted"})
+        # A message keeps its payload: a crash before its run opens leaves it to be handed over again at the next
+        # start (see aria.telegram.intake). A button press needs none: its buttons are still there.
+        message = update.effective_message
+        keep = update.callback_query is None and message is not None and bool(message.text)
         first = self.aria.ledger.record_event(TELEGRAM_SOURCE, status="accepted", verified=True,
-                                              delivery_id=str(update_id), body_sha256=sha, user_id=user.id)
+                                              delivery_id=str(update_id), body_sha256=sha, user_id=user.id,
+                                              payload=body.decode("utf-8", "replace") if keep else None)
         if first is None:
             self.aria.ledger.record_event(TELEGRAM_SOURCE, status="duplicate", verified=True, body_sha256=sha,
                                           reason=f"update {update_id} already received")

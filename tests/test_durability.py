@@ -17,7 +17,7 @@ from sqlmodel import select
 from aria.agent.state import Request
 from aria.app import Aria
 from aria.approvals import callback_data
-from aria.ledger import Approval, Outbox, Run, Spend, Step
+from aria.ledger import Approval, Event, Outbox, Run, Spend, Step
 from tests.conftest import OWNER, eventually, marks, polling
 from tests.test_approvals import _approval_with_message, _ask, shown
 
@@ -178,24 +178,6 @@ async def test_model_replies_with_a_null_message_or_lone_surrogates_leak_nothing
 
 
 @pytest.fixture
-def disk_limit() -> Iterator[Callable[[Aria, int | None], None]]:
-    """Caps a ledger's size in pages on every connection: SQLite's own "database or disk is full" once a write
-    needs a page more (None lifts the cap)."""
-    limits: dict[int, int | None] = {}
-
-    def limit(aria: Aria, pages: int | None) -> None:
-        key = id(aria.ledger.engine)
-        if key not in limits:
-            @event.listens_for(aria.ledger.engine, "checkout")
-            def _cap(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
-                cap = limits.get(key)
-                dbapi_conn.execute(f"PRAGMA max_page_count = {cap if cap is not None else 1_073_741_823}")
-        limits[key] = pages
-
-    yield limit
-
-
-@pytest.fixture
 def read_only() -> Iterator[Callable[[Aria, bool], None]]:
     """Makes every connection of a ledger refuse writes (SQLite's "attempt to write a readonly database")."""
     states: dict[int, bool] = {}
@@ -211,25 +193,34 @@ def read_only() -> Iterator[Callable[[Aria, bool], None]]:
     yield set_read_only
 
 
-async def test_a_full_disk_stops_aria_acting_loudly_and_it_recovers_by_itself(
+def test_sqlite_refusals_name_why_the_ledger_cannot_be_written() -> None:
+    import sqlite3
+
+    from aria.ledger.recorder import unwritable_reason
+
+    assert unwritable_reason(sqlite3.OperationalError("database or disk is full")) == "the disk is full"
+    assert unwritable_reason(sqlite3.OperationalError("attempt to write a readonly database")) == \
+        "the database is read-only"
+    assert unwritable_reason(sqlite3.OperationalError("no such table: run")) is None  # a bug, not the disk
+
+
+async def test_an_unwritable_ledger_stops_aria_acting_loudly_and_it_recovers_by_itself(
         bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any,
-        disk_limit: Callable[[Aria, int | None], None]) -> None:
+        read_only: Callable[[Aria, bool], None]) -> None:
     aria = bot_aria()
     aria.runs._probe_every = 0.05
     async with polling(aria):
-        with aria.ledger.read_conn() as conn:
-            pages = int(conn.exec_driver_sql("PRAGMA page_count").scalar_one())
-        disk_limit(aria, pages)  # full: not one more page
-        fake_telegram.add_message("first request " + "with a long body " * 230, user_id=OWNER)  # needs new pages
+        read_only(aria, True)
+        fake_telegram.add_message("first request", user_id=OWNER)
         (notice,) = await shown(fake_telegram, "I stopped acting")
-        assert "disk is full" in notice.params["text"]
+        assert "read-only" in notice.params["text"] and fake_openai.completions == []
         calls_before = len(fake_openai.completions)
         fake_telegram.add_message("second request", user_id=OWNER)
         await shown(fake_telegram, "You asked: «second request»")
         assert len(fake_openai.completions) == calls_before  # nothing acts while nothing can be recorded
         fake_telegram.add_message("/status", user_id=OWNER)
         await shown(fake_telegram, "Ledger: cannot be written")
-        disk_limit(aria, None)  # space returns
+        read_only(aria, False)  # writable again
         await shown(fake_telegram, "My ledger can be written again")
         fake_openai.default_text = "Back to normal."
         fake_telegram.add_message("third request", user_id=OWNER)
@@ -305,3 +296,33 @@ async def test_a_rejection_recorded_just_before_a_crash_still_closes_its_run(
         await shown(fake_telegram, "Understood, nothing was marked.")
     run = second.ledger.run(approval.run_id or 0)
     assert run is not None and run.status == "rejected" and marks(second.settings.data_dir) == []
+
+
+async def test_a_message_recorded_but_not_yet_answered_is_answered_once_after_a_crash(
+        bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any) -> None:
+    first = bot_aria()
+    update = fake_telegram.make_message_update("what changed overnight?", user_id=OWNER)
+    # The process recorded the message (so polling confirmed it), then died before the run opened.
+    first.ledger.record_event("telegram-update", status="accepted", verified=True,
+                              delivery_id=str(update["update_id"]), user_id=OWNER, payload=json.dumps(update))
+    fake_telegram.add_raw_update(update)  # and Telegram delivers it again too: the same message, twice
+    fake_openai.default_text = "Two deploys and a restart."
+    second = bot_aria()
+    async with polling(second):
+        await shown(fake_telegram, "Two deploys and a restart.")
+        await asyncio.sleep(0.3)  # room for a second answer, which must not come
+    assert fake_telegram.sent_texts(OWNER).count("Two deploys and a restart.") == 1
+    assert len(fake_openai.completions) == 1
+    (row,) = _rows(second, Event, Event.source == "telegram-update")
+    assert row.processed_at is not None and row.run_id is not None
+
+
+async def test_an_owners_message_is_recorded_with_its_payload_and_marked_answered_by_its_run(
+        bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any) -> None:
+    aria = bot_aria()
+    fake_openai.default_text = "Noted."
+    async with polling(aria):
+        fake_telegram.add_message("remember the milk", user_id=OWNER)
+        await shown(fake_telegram, "Noted.")
+    (row,) = _rows(aria, Event, Event.source == "telegram-update")
+    assert row.payload is not None and "remember the milk" in row.payload and row.processed_at is not None

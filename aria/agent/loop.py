@@ -27,7 +27,7 @@ from aria.agent.state import Request, RunState
 from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical, fence
 from aria.approvals import Approvals
 from aria.config import Settings
-from aria.errors import BudgetExhausted, LedgerUnavailable, PriceUnknown
+from aria.errors import AlreadyHandled, BudgetExhausted, LedgerUnavailable, PriceUnknown
 from aria.ledger import MICROS, Approval, Ledger, Run, Step
 from aria.llm.budget import Budget, Caps, caps_from_settings
 from aria.llm.client import AllModelsFailed, CallScope, ChatResult, ModelCaller, ToolCallRequest
@@ -66,7 +66,8 @@ class Agent:
 
     async def run(self, request: Request, progress: Progress | None = None, *, reply: Reply | None = None) -> Outcome:
         """Handle one request end to end; always returns an Outcome (cancellation marks the run interrupted).
-        LedgerUnavailable propagates: nothing was, or can be, recorded."""
+        LedgerUnavailable propagates (nothing was, or can be, recorded), and AlreadyHandled when the recorded
+        message it answers was taken by another run (no run is opened)."""
         request = replace(request, text=clean_text(request.text))
         caps = self._caps(request)
         # One transaction opens the run and reads what its first call needs: the chat's history (read before the
@@ -79,6 +80,8 @@ class Agent:
                 "user_id": request.user_id, "request": request.text, "cap_tokens": caps.tokens,
                 "cap_micros": caps.micros, "cap_steps": caps.steps, "cap_seconds": caps.seconds,
             })
+            if request.intake_id is not None and not self.ledger.take_intake(conn, request.intake_id, run_id):
+                raise AlreadyHandled(f"message {request.intake_id} is answered by another run")  # rolls back
         scope = CallScope(run_id=run_id, caps=caps, deadline=time.monotonic() + caps.seconds)
 
         async def body() -> Outcome:

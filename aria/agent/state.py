@@ -27,6 +27,7 @@ class Request:
     user_id: int | None = None
     escalate: bool = False  # start on the strong model
     budget_factor: float = 1.0  # "allow more budget once"
+    intake_id: int | None = None  # the recorded message this answers: the run takes it, once
 
 
 @dataclass

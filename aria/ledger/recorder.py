@@ -270,6 +270,14 @@ class Ledger:
             return len(s.exec(select(Step.id).where(col(Step.run_id) == run_id, col(Step.kind) == "llm",
                                                     col(Step.status) == "ok")).all())
 
+    def take_intake(self, conn: Connection, event_id: int, run_id: int) -> bool:
+        """Inside the transaction that opens a run: mark the recorded message it answers processed by it. False when
+        another run already took it (compare-and-set on processed_at)."""
+        events: Table = Event.__table__  # type: ignore[attr-defined]
+        changed = conn.execute(events.update().where(events.c.id == event_id, events.c.processed_at.is_(None))
+                               .values(processed_at=self.now(), run_id=run_id)).rowcount
+        return bool(changed)
+
     def save_checkpoint(self, run_id: int, state: str) -> None:
         """The run's state after a completed step, to resume from after a crash."""
         with self.write_conn() as conn:

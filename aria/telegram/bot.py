@@ -23,7 +23,9 @@ from aria import commands
 from aria.app import Aria
 from aria.telegram import handlers
 from aria.telegram.channel import TelegramChannel
+from aria.telegram.intake import Intake
 from aria.telegram.request import SignallingRequest
+from aria.telegram.watchdog import WatchedRequest
 
 log = logging.getLogger(__name__)
 CONCURRENT_UPDATES = 8  # other chats and runs go on while one run works
@@ -50,12 +52,17 @@ def build_application(aria: Aria, *,
         .rate_limiter(AIORateLimiter(max_retries=3))
         .build()
     )
-    channel = TelegramChannel(application.bot, aria.outbox, aria.ledger)
+    intake = Intake(aria.ledger)
+    channel = TelegramChannel(application.bot, aria.outbox, aria.ledger, intake=intake,
+                              update_queue=application.update_queue)
     for signalling in (request, get_updates_request):
         if signalling is not None:
             signalling.listeners.append(channel.api_succeeded)
+    if isinstance(get_updates_request, WatchedRequest):
+        get_updates_request.intake = intake
     application.bot_data["aria"] = aria
     application.bot_data["channel"] = channel
+    application.bot_data["intake"] = intake
     application.add_handler(TypeHandler(Update, handlers.owner_guard), group=-1)
     application.add_handler(CommandHandler(list(commands.NAMES), handlers.command))
     application.add_handler(CallbackQueryHandler(handlers.approval_button, pattern=r"^ap:"))

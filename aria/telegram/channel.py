@@ -3,15 +3,18 @@ rows through the Bot API (in order, retried), and a direct send for when the led
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from types import TracebackType
 
-from telegram import Bot, BotCommand
+from telegram import Bot, BotCommand, Update
 from telegram.error import TelegramError
 
 from aria.channel import Live, Quiet
 from aria.ledger import Ledger
 from aria.outbox import Outbox
+from aria.telegram.intake import Intake
 from aria.telegram.progress import ProgressMessage, Typing
 from aria.telegram.send import send_text
 from aria.telegram.sender import CHANNEL, OutboxSender
@@ -49,10 +52,13 @@ class TelegramChannel:
 
     name = CHANNEL
 
-    def __init__(self, bot: Bot, outbox: Outbox, ledger: Ledger) -> None:
+    def __init__(self, bot: Bot, outbox: Outbox, ledger: Ledger, *, intake: Intake | None = None,
+                 update_queue: asyncio.Queue[object] | None = None) -> None:
         self.bot = bot
         self.ledger = ledger
         self.sender = OutboxSender(outbox, bot, ledger)
+        self.intake = intake
+        self.update_queue = update_queue
 
     def live(self, chat_id: int | None) -> Live:
         """Typing and progress in a chat (nothing without one)."""
@@ -72,12 +78,18 @@ class TelegramChannel:
         return True
 
     async def start(self) -> None:
-        """Register the command menu, then start delivering (rows left from an earlier process go out first)."""
+        """Register the command menu, start delivering (rows left from an earlier process go out first), and hand
+        the Application the owner's messages an earlier process recorded but never answered."""
         try:
             await self.bot.set_my_commands([BotCommand(name, about) for name, about in COMMANDS])
         except TelegramError as exc:  # the menu is a convenience; the commands work without it
             self.ledger.add_failure("telegram", exc, "reported")
         await self.sender.start()
+        if self.intake is not None and self.update_queue is not None:
+            for payload in self.intake.unprocessed():
+                update = Update.de_json(json.loads(payload), self.bot)
+                if update is not None:
+                    await self.update_queue.put(update)
 
     async def stop(self) -> None:
         """Stop delivering after the message in flight."""

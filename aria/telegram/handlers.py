@@ -17,6 +17,7 @@ from aria.approvals import MAX_ID, REFUSALS, PressResult, parse_callback
 from aria.errors import LedgerUnavailable
 from aria.sanitize import clean_text
 from aria.telegram.channel import TelegramChannel
+from aria.telegram.intake import Intake
 
 log = logging.getLogger(__name__)
 ACKNOWLEDGEMENTS: dict[PressResult, str] = {"approved": "Approved: running it now.", "rejected": "Rejected."}
@@ -30,11 +31,33 @@ def _channel(context: ContextTypes.DEFAULT_TYPE) -> TelegramChannel:
     return context.bot_data["channel"]  # type: ignore[no-any-return]
 
 
+def _intake(context: ContextTypes.DEFAULT_TYPE) -> Intake:
+    return context.bot_data["intake"]  # type: ignore[no-any-return]
+
+
 async def owner_guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Stop every update from anyone but the owners: no reply, no model call, one ledger row."""
+    """Stop every update from anyone but the owners: no reply, no model call, one ledger row. An owner's text
+    message is recorded first (a redelivered copy of one already answered stops here)."""
+    intake = _intake(context)
+    try:
+        await _guard(update, context, intake)
+    finally:
+        intake.settled(update.update_id)  # recorded (or needs no record): polling may confirm it now
+
+
+async def _guard(update: Update, context: ContextTypes.DEFAULT_TYPE, intake: Intake) -> None:
     aria = _aria(context)
     user = update.effective_user
     if user is not None and user.id in aria.settings.owner_ids:
+        message = update.effective_message
+        if update.callback_query is None and message is not None and message.text:
+            try:
+                admitted = intake.admit(update)
+            except LedgerUnavailable:
+                return  # the run service tells the owner it cannot act
+            if admitted is None:
+                log.info("update %s was answered already; not again", update.update_id)
+                raise ApplicationHandlerStop
         return
     kind = "callback" if update.callback_query else "message" if update.effective_message else "update"
     with contextlib.suppress(LedgerUnavailable):  # refused all the same; the log line below is the record
@@ -58,6 +81,9 @@ async def command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     for reply in await commands.answer(aria, name, list(context.args or [])):
         await aria.runs.reply(_channel(context), update.effective_chat.id, reply.text, photo=reply.photo,
                               actions=reply.actions, purpose=reply.purpose, approval_id=reply.approval_id)
+    event_id = _intake(context).event_of.pop(update.update_id, None)
+    if event_id is not None:
+        _intake(context).processed(event_id)
 
 
 async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -67,7 +93,8 @@ async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     await _aria(context).runs.handle(Request(text=clean_text(message.text), trigger="message", channel="telegram",
                                              chat_id=update.effective_chat.id,
-                                             user_id=update.effective_user.id if update.effective_user else None),
+                                             user_id=update.effective_user.id if update.effective_user else None,
+                                             intake_id=_intake(context).event_of.pop(update.update_id, None)),
                                      _channel(context))
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,7 @@ from telegram.request import RequestData
 
 from aria.errors import PollingOutage, PollingStalled
 from aria.ledger import Failure, Ledger
+from aria.telegram.intake import Intake
 from aria.telegram.request import SignallingRequest
 
 log = logging.getLogger(__name__)
@@ -120,17 +122,35 @@ class WatchedRequest(SignallingRequest):
         kwargs.setdefault("connection_pool_size", 1)  # what PTB uses for getUpdates
         super().__init__(**kwargs)
         self.health = health
+        self.intake: Intake | None = None  # set by build_application: confirms wait until updates are recorded
 
     async def do_request(self, url: str, method: str, request_data: RequestData | None = None,
                          *args: Any, **kwargs: Any) -> tuple[int, bytes]:
-        """Send as HTTPXRequest does, noting that the loop is alive when the round trip ends (not when cancelled)."""
+        """Send as HTTPXRequest does, noting that the loop is alive when the round trip ends (not when cancelled).
+        A getUpdates confirms the batch before it: it waits until that batch is recorded (see aria.telegram.intake)."""
+        if self.intake is not None:
+            await self.intake.wait_settled()
         try:
             code, payload = await super().do_request(url, method, request_data, *args, **kwargs)
         except TelegramError as exc:  # NetworkError, TimedOut: PTB retries them; they still prove progress
             self.health.completed(exc)
             raise
         self.health.completed(None if code < 400 else TelegramHTTPStatus(f"getUpdates answered HTTP {code}"))
+        if self.intake is not None and code < 400:
+            self.intake.fetched(update_ids(payload))
         return code, payload
+
+
+def update_ids(payload: bytes) -> list[int]:
+    """The update ids in a getUpdates answer (none when it is not the expected shape)."""
+    try:
+        result = json.loads(payload).get("result")
+    except (ValueError, AttributeError, RecursionError):
+        return []
+    if not isinstance(result, list):
+        return []
+    return [item["update_id"] for item in result
+            if isinstance(item, dict) and isinstance(item.get("update_id"), int)]
 
 
 class TelegramHTTPStatus(TelegramError):

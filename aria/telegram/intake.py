@@ -1,0 +1,95 @@
+"""Owner messages are recorded before Telegram is told they arrived, so a crash between the two cannot lose one.
+
+Long polling confirms a batch of updates by asking for the next one (its offset). `WatchedRequest` holds each
+getUpdates until the owner guard has recorded every update of the batch before (at most `CONFIRM_WAIT` seconds, so
+a stuck handler never stops polling). An owner's text message is recorded as an accepted `telegram-update` event
+with its payload (in webhook mode the endpoint records it before it queues it); the run that answers it marks it
+processed in the transaction that opens the run, and a command marks it once its replies are written. At start-up,
+messages recorded but never processed are handed to the Application again; a copy Telegram delivers again is the
+same row, and only one run can take it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterable
+
+from sqlalchemy import update
+from sqlmodel import col, select
+from telegram import Update
+
+from aria.errors import LedgerUnavailable
+from aria.ledger import Event, Ledger
+
+SOURCE = "telegram-update"
+CONFIRM_WAIT = 5.0  # seconds a getUpdates waits for the previous batch to be recorded
+
+
+class Intake:
+    """Tracks fetched updates until they are recorded, and records owner messages durably."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._waiting: set[int] = set()
+        self._settled = asyncio.Event()
+        self._settled.set()
+        self.event_of: dict[int, int] = {}  # update id -> its event row, for the handler that answers it
+
+    def fetched(self, update_ids: Iterable[int]) -> None:
+        """A getUpdates batch arrived: its updates must be recorded before the next poll confirms them."""
+        self._waiting.update(update_ids)
+        if self._waiting:
+            self._settled.clear()
+
+    def settled(self, update_id: int) -> None:
+        """The guard has dealt with an update (recorded it, or it needs no record)."""
+        self._waiting.discard(update_id)
+        if not self._waiting:
+            self._settled.set()
+
+    async def wait_settled(self, at_most: float = CONFIRM_WAIT) -> None:
+        """Until every fetched update is recorded, or `at_most` seconds pass (polling must never stop for long)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._settled.wait(), at_most)
+        self._waiting.clear()
+        self._settled.set()
+
+    def admit(self, update: Update) -> int | None:
+        """Record an owner's message (or find the row the webhook endpoint wrote); its event id, or None when it
+        was already processed (a redelivery): then nothing more is done with it."""
+        key = str(update.update_id)
+        found = self._find(key)
+        if found is None:
+            payload = json.dumps(update.to_dict(), ensure_ascii=False)
+            user = update.effective_user
+            event_id = self.ledger.record_event(SOURCE, status="accepted", verified=True, delivery_id=key,
+                                                user_id=user.id if user else None, payload=payload)
+            found = self._find(key) if event_id is None else (event_id, False)
+        if found is None or found[1]:
+            return None
+        self.event_of[update.update_id] = found[0]
+        return found[0]
+
+    def processed(self, event_id: int) -> None:
+        """A command's replies are written: the message needs nothing more after a restart."""
+        with contextlib.suppress(LedgerUnavailable), self.ledger.write_conn() as conn:
+            conn.execute(update(Event).where(col(Event.id) == event_id, col(Event.processed_at).is_(None))
+                         .values(processed_at=self.ledger.now()))
+
+    def unprocessed(self) -> list[str]:
+        """Payloads of owner messages recorded but never answered (the process stopped first), oldest first."""
+        with self.ledger.read() as session:
+            rows = session.exec(select(Event.payload).where(
+                col(Event.source) == SOURCE, col(Event.status) == "accepted", col(Event.processed_at).is_(None),
+                col(Event.payload).is_not(None)).order_by(col(Event.id))).all()
+        return [row for row in rows if row]
+
+    def _find(self, key: str) -> tuple[int, bool] | None:
+        with self.ledger.read() as session:
+            row = session.exec(select(Event.id, Event.processed_at).where(
+                col(Event.source) == SOURCE, col(Event.delivery_id) == key)).first()
+        if row is None or row[0] is None:
+            return None
+        return row[0], row[1] is not None
