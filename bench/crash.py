@@ -71,7 +71,7 @@ class Ask:
     scenario: str
     text: str
     label: str | None = None  # the action's label when the model asks for one
-    pressed: bool = False
+    pressed: set[int] = field(default_factory=set)  # approvals pressed Approve
     settled: bool = True
     kill_at: str = ""
 
@@ -131,13 +131,16 @@ class Harness:
         with sqlite3.connect(self.db, timeout=10) as conn:
             return list(conn.execute(sql, args))
 
-    def approval(self, label: str) -> dict[str, Any] | None:
+    def approvals(self, label: str) -> list[dict[str, Any]]:
+        """Approvals whose arguments carry `label`, newest first (a request handled twice asks twice)."""
         found = self.rows("SELECT id, status, message_id, args_hash, run_id FROM approval WHERE args_json LIKE ? "
                           "ORDER BY id DESC", f'%"{label}"%')
-        if not found:
-            return None
         keys = ("id", "status", "message_id", "args_hash", "run_id")
-        return dict(zip(keys, found[0], strict=True))
+        return [dict(zip(keys, row, strict=True)) for row in found]
+
+    def approval(self, label: str) -> dict[str, Any] | None:
+        found = self.approvals(label)
+        return found[0] if found else None
 
     def unsettled(self) -> str | None:
         """What is still in flight, or None when everything is at rest."""
@@ -180,7 +183,7 @@ class Harness:
     def press(self, ask: Ask, row: dict[str, Any]) -> None:
         self.telegram.press_button(f"ap:{row['id']}:a:{row['args_hash'][:12]}", user_id=OWNER,
                                    message_id=row["message_id"])
-        ask.pressed = True
+        ask.pressed.add(row["id"])
 
     def buttons_visible(self, message_id: int | None) -> bool:
         message = self.telegram.message(OWNER, message_id) if message_id is not None else None
@@ -215,14 +218,15 @@ def turn(h: Harness, ask: Ask) -> None:
     if h.rng.random() < 0.6:
         h.model.enqueue_hang(h.rng.uniform(0.5, 3.0))
     h.telegram.add_message(ask.text, user_id=OWNER)
-    ask.kill_at = "after the message +" + h.pause(0.0, 2.5)
+    # A third of the kills land in the first 150 ms: the update fetched, the run barely (or not yet) recorded.
+    ask.kill_at = "after the message +" + (h.pause(0.0, 0.15) if h.rng.random() < 0.35 else h.pause(0.0, 2.5))
     h.kill()
 
 
 def approval_ask(h: Harness, ask: Ask) -> None:
     _ask_for(h, ask, "write_mark")
     if h.rng.random() < 0.5:
-        ask.kill_at = "while asking +" + h.pause(0.0, 1.2)
+        ask.kill_at = "while asking +" + (h.pause(0.0, 0.12) if h.rng.random() < 0.4 else h.pause(0.0, 1.2))
     else:
         shown = h.shown(ask.label or "", 10.0) is not None
         ask.kill_at = f"buttons {'shown' if shown else 'not shown in 10 s'} +" + h.pause(0.0, 0.3)
@@ -297,9 +301,11 @@ def cycle(h: Harness, number: int, scenario: str) -> Ask:
     h.start()
     ask.settled = h.settle()
     if scenario == "approval-ask" and ask.label is not None:
-        row = h.approval(ask.label)
-        if row is not None and row["status"] == "pending" and h.buttons_visible(row["message_id"]):
-            h.press(ask, row)  # the owner presses after the restart
+        shown = [row for row in h.approvals(ask.label)
+                 if row["status"] == "pending" and h.buttons_visible(row["message_id"])]
+        for row in shown:  # the owner presses Approve on what the restarted Aria shows (every copy of it)
+            h.press(ask, row)
+        if shown:
             ask.settled = h.settle() and ask.settled
     return ask
 
@@ -314,6 +320,10 @@ class Findings:
     not_run: list[str] = field(default_factory=list)
     still_pending: list[str] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
+    runs: Counter[str] = field(default_factory=Counter)
+    repeated: list[str] = field(default_factory=list)
+    duplicated: list[str] = field(default_factory=list)
+    twice: list[str] = field(default_factory=list)
     reserved: int = 0
     integrity: str = ""
 
@@ -326,22 +336,34 @@ def check(h: Harness, asks: list[Ask]) -> Findings:
     texts = h.telegram.sent_texts(OWNER)
     for ask in asks:
         where = f"{ask.token} ({ask.scenario}, killed {ask.kill_at})"
-        row = h.approval(ask.label) if ask.label else None
+        rows = h.approvals(ask.label) if ask.label else []
+        row = rows[0] if rows else None
         ran = marks[ask.label] if ask.label else 0
-        if row is not None:
-            found.statuses[row["status"]] += 1
-            pending_shown = row["status"] == "pending" and h.buttons_visible(row["message_id"])
-            if ask.pressed and row["status"] not in ("executed", "unknown") and not pending_shown:
-                found.lost.append(f"{where}: approval {row['id']} is {row['status']}, marks {ran}")
-            if ask.pressed and pending_shown:
-                found.still_pending.append(f"{where}: approval {row['id']}")
-            if ran and row["status"] not in RAN:
-                found.not_run.append(f"{where}: approval {row['id']} recorded {row['status']}, marks {ran}")
-        if ran > 1:
-            found.doubles.append(f"{where}: {ran} marks")
+        for each in rows:
+            found.statuses[each["status"]] += 1
+            pending_shown = each["status"] == "pending" and h.buttons_visible(each["message_id"])
+            if each["id"] in ask.pressed and each["status"] not in ("executed", "unknown") and not pending_shown:
+                found.lost.append(f"{where}: approval {each['id']} is {each['status']}, marks {ran}")
+            if each["id"] in ask.pressed and pending_shown:
+                found.still_pending.append(f"{where}: approval {each['id']}")
+        if ran and not any(each["status"] in RAN for each in rows):
+            found.not_run.append(f"{where}: approvals {[(e['id'], e['status']) for e in rows]}, marks {ran}")
+        if ran > max(1, sum(each["status"] in RAN for each in rows)):
+            found.doubles.append(f"{where}: {ran} marks, approvals {[(e['id'], e['status']) for e in rows]}")
+        elif ran > 1:
+            found.twice.append(f"{where}: {ran} marks from approvals {[(e['id'], e['status']) for e in rows]}")
+        runs = h.rows("SELECT id, status FROM run WHERE request LIKE ? ORDER BY id", f"{ask.token} %")
+        if len(runs) > 1:
+            found.duplicated.append(f"{ask.token} ({ask.scenario}, killed {ask.kill_at}): runs {runs}")
+        answers = sum(f"Answer {ask.token}" in t or f"Done: marked m{ask.token}" in t for t in texts)
+        if answers > 1:
+            found.repeated.append(f"{ask.token} ×{answers}")
         if not _answered(h, ask, texts, row):
             runs = h.rows("SELECT id, status, stop_reason FROM run WHERE request LIKE ?", f"{ask.token} %")
             found.unanswered.append(f"{where}: runs {runs or 'none'}")
+    for status, reason, count in h.rows("SELECT status, coalesce(stop_reason, '-'), count(*) FROM run "
+                                        "GROUP BY 1, 2"):
+        found.runs[f"{status}/{reason}"] = count
     found.reserved = h.rows("SELECT count(*) FROM spend WHERE status = 'reserved'")[0][0]
     found.integrity = "; ".join(r[0] for r in h.rows("PRAGMA integrity_check"))
     return found
@@ -375,10 +397,14 @@ def report(h: Harness, asks: list[Ask], found: Findings, seconds: float) -> str:
         ("double executions (marks per approval > 1)", figure(found.doubles)),
         ("unanswered owner requests (no answer, nor a restart notice)", figure(found.unanswered)),
         ("\"not run\" records of actions that ran", figure(found.not_run)),
+        ("owner requests handled twice (a second run for one message)", figure(found.duplicated)),
+        ("actions run twice for one request (once per duplicate approval, each approved)", figure(found.twice)),
         ("leaked reservations (spend rows still `reserved`)", f"{found.reserved}"),
         ("`PRAGMA integrity_check`", found.integrity),
         ("pressed approvals still pending with buttons (press lost in the crash; owner can press again)",
          figure(found.still_pending)),
+        ("runs at the end, status/stop reason", ", ".join(f"{k} {v}" for k, v in sorted(found.runs.items()))),
+        ("answers sent more than once (allowed: an ambiguous send is retried)", figure(found.repeated)),
         ("approval statuses at the end", ", ".join(f"{k} {v}" for k, v in sorted(found.statuses.items())) or "-"),
         (f"cycles not settled within {h.settle_seconds:.0f} s", figure(unsettled)),
         ("restart until polling, median / max", f"{starts[len(starts) // 2]:.1f} s / {starts[-1]:.1f} s"
@@ -388,11 +414,14 @@ def report(h: Harness, asks: list[Ask], found: Findings, seconds: float) -> str:
     return table(rows)
 
 
-def measure(kills: int, seed: int, settle_seconds: float) -> str:
+def measure(kills: int, seed: int, settle_seconds: float, keep: Path | None = None) -> str:
     rng = random.Random(seed)
     started = time.monotonic()
     with FakeOpenAI() as model, FakeTelegram() as telegram, tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+        folder = keep or Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        if any(folder.iterdir()):
+            raise SystemExit(f"{folder} is not empty")
         (folder / "skills").mkdir()
         (folder / "skills" / "probes.py").write_text(PROBE_SKILL)
         (folder / "skills" / "slow_probes.py").write_text(SLOW_SKILL)
@@ -423,8 +452,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--seed", type=int, default=7, help="random seed for scenarios and kill points")
     parser.add_argument("--settle", type=float, default=SETTLE_SECONDS,
                         help=f"seconds to wait after each restart (default {SETTLE_SECONDS:.0f})")
+    parser.add_argument("--keep", type=Path, help="an empty folder to keep the database, marks and log in")
     args = parser.parse_args(argv)
-    result = measure(args.kills, args.seed, args.settle)
+    result = measure(args.kills, args.seed, args.settle, args.keep)
     print(result)
     return result
 
