@@ -449,7 +449,7 @@ def measure(kills: int, seed: int, settle_seconds: float, keep: Path | None = No
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=30, help="SIGKILLs, one per cycle (default 30)")
-    parser.add_argument("--seed", type=int, default=7, help="random seed for scenarios and kill points")
+    parser.add_argument("--seed", type=int, default=11, help="random seed for scenarios and kill points")
     parser.add_argument("--settle", type=float, default=SETTLE_SECONDS,
                         help=f"seconds to wait after each restart (default {SETTLE_SECONDS:.0f})")
     parser.add_argument("--keep", type=Path, help="an empty folder to keep the database, marks and log in")
