@@ -45,6 +45,7 @@ BENCHES = (
     Bench("startup", "5. Start-up", "bench.startup", quick=("--starts", "2")),
     Bench("idle", "6. Idle calls, polling vs webhook", "bench.idle", quick=("--window", "5")),
     Bench("budget", "7. Budget precision", "bench.budget_precision", quick=("--runs", "100", "--per-day", "25")),
+    Bench("crash", "8. Crashes: SIGKILL and restart", "bench.crash", quick=("--kills", "6")),
 )
 
 
