@@ -60,13 +60,13 @@ class Intake:
         """Record an owner's message (or find the row the webhook endpoint wrote); its event id, or None when it
         was already processed (a redelivery): then nothing more is done with it."""
         key = str(update.update_id)
-        found = self._find(key)
-        if found is None:
-            payload = json.dumps(update.to_dict(), ensure_ascii=False)
-            user = update.effective_user
-            event_id = self.ledger.record_event(SOURCE, status="accepted", verified=True, delivery_id=key,
-                                                user_id=user.id if user else None, payload=payload)
-            found = self._find(key) if event_id is None else (event_id, False)
+        user = update.effective_user
+        # Insert first: a new message is the common case; a row already there (written by the webhook endpoint, or
+        # an earlier delivery) makes the insert a no-op, and is read then.
+        event_id = self.ledger.record_event(SOURCE, status="accepted", verified=True, delivery_id=key,
+                                            user_id=user.id if user else None,
+                                            payload=json.dumps(update.to_dict(), ensure_ascii=False))
+        found = self._find(key) if event_id is None else (event_id, False)
         if found is None or found[1]:
             return None
         self.event_of[update.update_id] = found[0]
