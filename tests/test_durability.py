@@ -19,18 +19,11 @@ from aria.app import Aria
 from aria.approvals import callback_data
 from aria.ledger import Approval, Event, Outbox, Run, Spend, Step
 from tests.conftest import OWNER, eventually, marks, polling
-from tests.test_approvals import _approval_with_message, _ask, shown
+from tests.test_approvals import _approval_with_message, _ask, bot_aria, shown
 
 MakeAria = Callable[..., Aria]
 DEAD_WORKER = "999999999:1.00"  # no process has this pid
-
-
-@pytest.fixture
-def bot_aria(make_aria: MakeAria, fake_telegram: Any, probe_skills: Path) -> Callable[..., Aria]:
-    def make(**overrides: Any) -> Aria:
-        return make_aria(telegram_bot_token=fake_telegram.token, telegram_api_url=fake_telegram.api_url,
-                         skills_dir=probe_skills, **overrides)
-    return make
+__all__ = ["bot_aria"]  # the fixture, shared with the approval tests
 
 
 def _die(aria: Aria, run_id: int, **values: Any) -> None:
@@ -42,6 +35,23 @@ def _die(aria: Aria, run_id: int, **values: Any) -> None:
 def _rows(aria: Aria, model: type[Any], *where: Any) -> list[Any]:
     with aria.ledger.read() as s:
         return list(s.exec(select(model).where(*where)))
+
+
+async def _asked_then_stopped(bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any,
+                              status: str | None = None) -> Approval:
+    """A first process asks for the risky probe and stops with its approval shown (and, with `status`, recorded as
+    decided just before the process died)."""
+    first = bot_aria()
+    async with polling(first):
+        await _ask(fake_telegram, fake_openai)
+        approval = await _approval_with_message(first)
+    if status is not None:
+        with first.ledger.write() as s:
+            row = s.get(Approval, approval.id)
+            assert row is not None
+            row.status, row.decided_by = status, OWNER
+            s.add(row)
+    return approval
 
 
 async def test_an_approve_press_whose_answer_fails_still_runs_the_action_once(
@@ -59,16 +69,8 @@ async def test_an_approve_press_whose_answer_fails_still_runs_the_action_once(
 
 async def test_an_approval_decided_but_never_carried_out_runs_once_at_the_next_start(
         bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any) -> None:
-    first = bot_aria()
-    async with polling(first):
-        await _ask(fake_telegram, fake_openai)
-        approval = await _approval_with_message(first)
     # The press was recorded, then the process died before the action began (e.g. killed in a 429 wait).
-    with first.ledger.write() as s:
-        row = s.get(Approval, approval.id)
-        assert row is not None
-        row.status, row.decided_by = "approved", OWNER
-        s.add(row)
+    approval = await _asked_then_stopped(bot_aria, fake_telegram, fake_openai, "approved")
     second = bot_aria()
     async with polling(second):
         await shown(fake_telegram, "Done: marked deploy.")
@@ -80,18 +82,10 @@ async def test_an_approval_decided_but_never_carried_out_runs_once_at_the_next_s
 
 async def test_an_action_caught_mid_execution_is_reported_as_may_have_run(
         bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any) -> None:
-    first = bot_aria()
-    async with polling(first):
-        await _ask(fake_telegram, fake_openai)
-        approval = await _approval_with_message(first)
+    approval = await _asked_then_stopped(bot_aria, fake_telegram, fake_openai, "executing")
     assert approval.id is not None and approval.run_id is not None
-    with first.ledger.write() as s:
-        row = s.get(Approval, approval.id)
-        assert row is not None
-        row.status = "executing"
-        s.add(row)
-    _die(first, approval.run_id)
     second = bot_aria()
+    _die(second, approval.run_id)
     async with polling(second):
         (told,) = await shown(fake_telegram, "may or may not have run")
     assert "recorded as unknown and I did not run it again" in told.params["text"]
@@ -280,15 +274,7 @@ async def test_a_ledger_turning_read_only_mid_run_leaves_no_open_run_or_reservat
 
 async def test_a_rejection_recorded_just_before_a_crash_still_closes_its_run(
         bot_aria: Callable[..., Aria], fake_telegram: Any, fake_openai: Any) -> None:
-    first = bot_aria()
-    async with polling(first):
-        await _ask(fake_telegram, fake_openai)
-        approval = await _approval_with_message(first)
-    with first.ledger.write() as s:
-        row = s.get(Approval, approval.id)
-        assert row is not None
-        row.status, row.decided_by = "rejected", OWNER
-        s.add(row)
+    approval = await _asked_then_stopped(bot_aria, fake_telegram, fake_openai, "rejected")
     fake_openai.clear_script()
     fake_openai.enqueue_text("Understood, nothing was marked.")
     second = bot_aria()
