@@ -87,19 +87,32 @@ def aria_command(*args: str, flags: Sequence[str] = ()) -> list[str]:
     return [sys.executable, *flags, "-c", "import sys; from aria.cli import main; sys.exit(main())", *args]
 
 
+def floor_command() -> list[str]:
+    """The floor bot (bench/floor_bot.py) run as a process by this interpreter."""
+    return [sys.executable, str(Path(__file__).with_name("floor_bot.py"))]
+
+
 @contextmanager
 def aria_process(args: Sequence[str], folder: Path, model: FakeOpenAI, telegram: FakeTelegram, *,
                  flags: Sequence[str] = (), stdin: int | None = None,
                  log_name: str = "aria.log") -> Iterator[subprocess.Popen[bytes]]:
-    """An `aria` subprocess against the fakes, run in `folder` (so no .env is read); stopped by SIGTERM on exit.
+    """An `aria` subprocess against the fakes, run in `folder` (so no .env is read); stopped by SIGTERM on exit."""
+    with bench_process(aria_command(*args, flags=flags), folder, model, telegram, stdin=stdin,
+                       log_name=log_name) as proc:
+        yield proc
+
+
+@contextmanager
+def bench_process(command: Sequence[str], folder: Path, model: FakeOpenAI, telegram: FakeTelegram, *,
+                  stdin: int | None = None, log_name: str = "aria.log") -> Iterator[subprocess.Popen[bytes]]:
+    """A subprocess configured for the fakes by environment, run in `folder`; stopped by SIGTERM on exit.
 
     Its stdout and stderr go to files in `folder`: a pipe nobody reads would fill and stall it.
     """
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("ARIA_", "OPENAI_", "TELEGRAM_"))}
     env = {**inherited, **bench_env(folder, model, telegram)}
     with (folder / f"{log_name}.out").open("wb") as out, (folder / log_name).open("wb") as err:
-        proc = subprocess.Popen(aria_command(*args, flags=flags), cwd=folder, env=env, stdin=stdin, stdout=out,
-                                stderr=err)
+        proc = subprocess.Popen(list(command), cwd=folder, env=env, stdin=stdin, stdout=out, stderr=err)
         try:
             yield proc
         finally:

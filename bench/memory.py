@@ -1,10 +1,13 @@
 """Memory and leaks: resident memory (RSS) of real Aria processes as turns go through the fake servers.
 
-Two processes, each measured from the outside with psutil so the fakes and this harness never count:
+Three processes, each measured from the outside with psutil so the fakes and this harness never count:
 
-- `aria run`, the Telegram bot, at start and after a few hundred turns through the fake Bot API. Turns are paced
-  under Telegram's flood limit (30 requests/s, two a turn), which Aria's rate limiter enforces, so this part cannot
-  reach thousands of turns in a bounded time.
+- `aria run`, the Telegram bot, and beside it the floor (bench/floor_bot.py: python-telegram-bot + openai and nothing
+  else) run as a process the same way, each against a fresh fake Bot API: RSS once it has answered its first message
+  (queued before the process starts, so that is start-up done) and after a few hundred turns. Both are read at the same
+  points, a settling pause after the reply, and the target is on Aria's RSS against the floor's. Turns are paced under
+  Telegram's flood limit (30 requests/s, two a turn), which Aria's rate limiter enforces, so this part cannot reach
+  thousands of turns in a bounded time.
 - `aria chat`, the same agent loop, ledger and model client without Telegram, fed 10,000 turns through stdin
   against the fake model: RSS at start, after 1,000 and after 10,000 turns, and the trend after warm-up (the
   least-squares slope of RSS over the second half of the run).
@@ -24,11 +27,13 @@ from pathlib import Path
 
 import psutil
 
-from bench.common import OWNER, aria_process, find_reply, table, verdict
+from bench.common import OWNER, aria_command, aria_process, bench_process, find_reply, floor_command, table, verdict
 from tests.fakes import FakeOpenAI, FakeTelegram
 
 MB = 1024 * 1024
 TARGET_MB = 150.0
+TARGET_RATIO = 1.25  # Aria's RSS against the floor's, at start and after the Telegram turns
+SETTLE = 0.5  # seconds after a reply before RSS is read: work after sending (ledger rows) is part of the turn
 FLAT_MB_PER_1000 = 0.5  # a slope below this (MB per 1,000 turns) is noise, not a trend
 TURN_EVERY = 0.075
 
@@ -67,17 +72,31 @@ def _wait(condition: Callable[[], object], what: str, timeout: float = 60.0) -> 
         time.sleep(0.002)
 
 
-def bot_footprint(folder: Path, model: FakeOpenAI, telegram: FakeTelegram, turns: int) -> tuple[float, float]:
-    """RSS of `aria run` once it polls, and after `turns` Telegram turns."""
-    with aria_process(["run"], folder, model, telegram, log_name="run.log") as proc:
-        _wait(lambda: telegram.calls_to("getUpdates"), "aria run to start polling")
+def _turn(telegram: FakeTelegram, proc: subprocess.Popen[bytes], name: str) -> float:
+    """Send "hello" from the owner and wait for the reply; returns when it was injected."""
+    telegram.clear_calls()
+    injected = time.time()
+    telegram.add_message("hello", user_id=OWNER)
+
+    def replied() -> object:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}; see its log in the benchmark folder")
+        return find_reply(telegram, OWNER, injected)
+
+    _wait(replied, f"a reply from {name}")
+    return injected
+
+
+def bot_footprint(command: list[str], name: str, folder: Path, model: FakeOpenAI, turns: int) -> tuple[float, float]:
+    """RSS of a bot process once it has answered its first message, and after `turns` Telegram turns in all."""
+    with FakeTelegram() as telegram, bench_process(command, folder, model, telegram, log_name="bot.log") as proc:
+        _turn(telegram, proc, name)  # queued as the process starts: its answer ends start-up
+        time.sleep(SETTLE)
         at_start = rss_mb(proc)
-        for _ in range(turns):
-            telegram.clear_calls()
-            injected = time.time()
-            telegram.add_message("hello", user_id=OWNER)
-            _wait(lambda at=injected: find_reply(telegram, OWNER, at), "a reply from aria run")
+        for _ in range(turns - 1):
+            injected = _turn(telegram, proc, name)
             time.sleep(max(0.0, injected + TURN_EVERY - time.time()))
+        time.sleep(SETTLE)
         return at_start, rss_mb(proc)
 
 
@@ -115,14 +134,21 @@ def chat_trend(folder: Path, model: FakeOpenAI, telegram: FakeTelegram, turns: i
     return samples
 
 
-def report(bot: tuple[float, float], bot_turns: int, chat: Samples, turns: int, checkpoint: int,
-           seconds: float) -> str:
+def _ratio(ours: float, floor: float) -> str:
+    ratio = ours / floor
+    return f"{ours:.1f} MB ({ratio:.2f}x the floor; target ≤ {TARGET_RATIO}x: {verdict(ratio, TARGET_RATIO)})"
+
+
+def report(floor: tuple[float, float], bot: tuple[float, float], bot_turns: int, chat: Samples, turns: int,
+           checkpoint: int, seconds: float) -> str:
     """The table of figures."""
     slope = chat.slope_per_1000()
     peak = max([*bot, *(mb for _, mb in chat.points)])
     return table([
-        ("`aria run` RSS at start (polling, before any turn)", f"{bot[0]:.1f} MB"),
-        (f"`aria run` RSS after {bot_turns} Telegram turns", f"{bot[1]:.1f} MB"),
+        ("floor (PTB + openai) RSS after its first answer", f"{floor[0]:.1f} MB"),
+        (f"floor RSS after {bot_turns} Telegram turns", f"{floor[1]:.1f} MB"),
+        ("`aria run` RSS after its first answer", _ratio(bot[0], floor[0])),
+        (f"`aria run` RSS after {bot_turns} Telegram turns", _ratio(bot[1], floor[1])),
         ("`aria chat` RSS after its first turn", f"{chat.at(1):.1f} MB"),
         (f"`aria chat` RSS after {checkpoint:,} turns", f"{chat.at(checkpoint):.1f} MB"),
         (f"`aria chat` RSS after {turns:,} turns", f"{chat.at(turns):.1f} MB"),
@@ -134,16 +160,17 @@ def report(bot: tuple[float, float], bot_turns: int, chat: Samples, turns: int, 
 
 
 def measure(turns: int, checkpoint: int, bot_turns: int) -> str:
-    """Run both processes against one pair of fakes; returns the table."""
+    """Run the floor, `aria run` and `aria chat` against the fakes, one after another; returns the table."""
     with FakeOpenAI() as model, FakeTelegram() as telegram, tempfile.TemporaryDirectory() as folder:
-        run_dir, chat_dir = Path(folder) / "run", Path(folder) / "chat"
-        run_dir.mkdir()
-        chat_dir.mkdir()
-        bot = bot_footprint(run_dir, model, telegram, bot_turns)
+        floor_dir, run_dir, chat_dir = Path(folder) / "floor", Path(folder) / "run", Path(folder) / "chat"
+        for each in (floor_dir, run_dir, chat_dir):
+            each.mkdir()
+        floor = bot_footprint(floor_command(), "the floor bot", floor_dir, model, bot_turns)
+        bot = bot_footprint(aria_command("run"), "aria run", run_dir, model, bot_turns)
         started = time.monotonic()
         chat = chat_trend(chat_dir, model, telegram, turns, checkpoint)
         seconds = time.monotonic() - started
-    return report(bot, bot_turns, chat, turns, checkpoint, seconds)
+    return report(floor, bot, bot_turns, chat, turns, checkpoint, seconds)
 
 
 def main(argv: list[str] | None = None) -> str:

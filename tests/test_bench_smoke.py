@@ -27,9 +27,13 @@ def test_fixed_context_reports_the_hello_prompt_and_the_loop_against_a_bare_call
     assert "one bare openai call" in report
 
 
-def test_memory_reads_both_processes_at_every_checkpoint() -> None:
+def test_memory_reads_the_floor_and_both_aria_processes_at_every_checkpoint() -> None:
     report = memory.main(["--turns", "20", "--checkpoint", "10", "--bot-turns", "2"])
-    assert "`aria run` RSS at start" in report
+    assert "| floor (PTB + openai) RSS after its first answer |" in report
+    assert "| floor RSS after 2 Telegram turns |" in report
+    assert "`aria run` RSS after its first answer" in report
+    assert "`aria run` RSS after 2 Telegram turns" in report
+    assert report.count("x the floor; target ≤ 1.25x") == 2
     assert "`aria chat` RSS after 10 turns" in report
     assert "`aria chat` RSS after 20 turns" in report
     assert "growth after warm-up" in report
