@@ -172,8 +172,8 @@ class RunService:
         self.aria.scheduler.once(f"approval-expiry:{approval.id}", approval.expires_at, self.expire, approval.id)
 
     async def mark_approval(self, approval: Approval, line: str) -> None:
-        """Show the decision on the approval's message and remove its buttons (an edit, written before it is
-        sent). Nothing to edit when the request's message never went out."""
+        """Show the decision on the approval's message and remove its buttons: an edit, written before it is sent
+        and sent on the side. Nothing to edit when the request's message never went out."""
         if approval.chat_id is None or approval.message_id is None:
             return
         run = self.ledger.run(approval.run_id) if approval.run_id else None
@@ -186,7 +186,8 @@ class RunService:
         except LedgerUnavailable:
             return
         if channel is not None:
-            await self.deliver(channel, row_id)
+            # On the side: an edit waiting out a 429 must not hold up the action the decision is about.
+            self.spawn(self.deliver(channel, row_id), f"mark approval {approval.id}")
 
     def request_actions(self, approval: Approval) -> list[Action]:
         """The Approve / Reject / Details buttons of an approval."""
