@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, delete, func, update
+from sqlalchemy import Connection, bindparam, delete, func, update
 from sqlmodel import Session, col, select
 
 from aria.agent.outcome import Action
@@ -107,6 +107,12 @@ def _progress_key(outbox_id: int) -> str:
 
 
 _TABLE = OutboxRow.__table__  # type: ignore[attr-defined]
+_OLDER = _TABLE.alias("older")
+# Built once (every answer runs it): the row, if pending and nothing older to its chat on its channel is pending.
+_HEAD_ROW = select(_TABLE).where(
+    _TABLE.c.id == bindparam("row_id"), _TABLE.c.status == "pending",
+    ~select(_OLDER.c.id).where(_OLDER.c.status == "pending", _OLDER.c.channel == bindparam("channel"),
+                               _OLDER.c.chat_id == _TABLE.c.chat_id, _OLDER.c.id < _TABLE.c.id).exists())
 
 
 class Outbox:
@@ -181,13 +187,10 @@ class Outbox:
 
     def head_row(self, outbox_id: int, channel: str) -> OutboxRow | None:
         """The row, when it is still pending and no older row to the same chat waits (so it may go now, in order);
-        else None. One read: this runs on every answer."""
-        older = (select(_TABLE.c.id).where(_TABLE.c.status == "pending", _TABLE.c.channel == channel,
-                                           _TABLE.c.chat_id == OutboxRow.chat_id, _TABLE.c.id < outbox_id)
-                 .correlate_except(_TABLE).exists())
-        with self.ledger.read() as session:
-            return session.exec(select(OutboxRow).where(col(OutboxRow.id) == outbox_id,
-                                                        col(OutboxRow.status) == "pending", ~older)).first()
+        else None. One Core read, no validation: this runs before every answer."""
+        with self.ledger.read_conn() as conn:
+            found = conn.execute(_HEAD_ROW, {"row_id": outbox_id, "channel": channel}).mappings().first()
+        return OutboxRow.model_construct(**found) if found is not None else None
 
     def _plan(self, session: Session, now: dt.datetime, channel: str) -> tuple[list[int], dt.datetime | None]:
         # Only ids, chats and times: payloads (PNG charts) stay on disk until a row is actually sent.

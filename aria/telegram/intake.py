@@ -16,8 +16,9 @@ import contextlib
 import json
 from collections.abc import Iterable
 
-from sqlalchemy import update
-from sqlmodel import col, select
+from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import col
 from telegram import Update
 
 from aria.errors import LedgerUnavailable
@@ -25,6 +26,11 @@ from aria.ledger import Event, Ledger
 
 SOURCE = "telegram-update"
 CONFIRM_WAIT = 5.0  # seconds a getUpdates waits for the previous batch to be recorded
+_EVENTS: Table = Event.__table__  # type: ignore[attr-defined]
+# Built once: every owner message runs them. A delivery id already recorded (unique per source) inserts nothing.
+_INSERT = sqlite_insert(_EVENTS).on_conflict_do_nothing().returning(_EVENTS.c.id)
+_FIND = select(_EVENTS.c.id, _EVENTS.c.processed_at).where(_EVENTS.c.source == SOURCE,
+                                                          _EVENTS.c.delivery_id == bindparam("key"))
 
 
 class Intake:
@@ -62,11 +68,14 @@ class Intake:
         key = str(update.update_id)
         user = update.effective_user
         # Insert first: a new message is the common case; a row already there (written by the webhook endpoint, or
-        # an earlier delivery) makes the insert a no-op, and is read then.
-        event_id = self.ledger.record_event(SOURCE, status="accepted", verified=True, delivery_id=key,
-                                            user_id=user.id if user else None,
-                                            payload=json.dumps(update.to_dict(), ensure_ascii=False))
-        found = self._find(key) if event_id is None else (event_id, False)
+        # an earlier delivery) makes the insert a no-op, and is read then. Core statements: this runs before every
+        # answer, and the ORM's unit of work would cost more than the insert.
+        with self.ledger.write_conn() as conn:
+            event_id = conn.execute(_INSERT, {
+                "source": SOURCE, "status": "accepted", "verified": True, "delivery_id": key,
+                "user_id": user.id if user else None, "received_at": self.ledger.now(),
+                "payload": self.ledger.redact(json.dumps(update.to_dict(), ensure_ascii=False))}).scalar()
+        found = self._find(key) if event_id is None else (int(event_id), False)
         if found is None or found[1]:
             return None
         self.event_of[update.update_id] = found[0]
@@ -80,16 +89,15 @@ class Intake:
 
     def unprocessed(self) -> list[str]:
         """Payloads of owner messages recorded but never answered (the process stopped first), oldest first."""
-        with self.ledger.read() as session:
-            rows = session.exec(select(Event.payload).where(
-                col(Event.source) == SOURCE, col(Event.status) == "accepted", col(Event.processed_at).is_(None),
-                col(Event.payload).is_not(None)).order_by(col(Event.id))).all()
+        with self.ledger.read_conn() as conn:
+            rows = conn.execute(select(_EVENTS.c.payload).where(
+                _EVENTS.c.source == SOURCE, _EVENTS.c.status == "accepted", _EVENTS.c.processed_at.is_(None),
+                _EVENTS.c.payload.is_not(None)).order_by(_EVENTS.c.id)).scalars().all()
         return [row for row in rows if row]
 
     def _find(self, key: str) -> tuple[int, bool] | None:
-        with self.ledger.read() as session:
-            row = session.exec(select(Event.id, Event.processed_at).where(
-                col(Event.source) == SOURCE, col(Event.delivery_id) == key)).first()
-        if row is None or row[0] is None:
+        with self.ledger.read_conn() as conn:
+            row = conn.execute(_FIND, {"key": key}).first()
+        if row is None:
             return None
-        return row[0], row[1] is not None
+        return int(row[0]), row[1] is not None
