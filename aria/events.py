@@ -266,12 +266,12 @@ class EventIngress:
         rule = rule_for(self.rules, item.source)
         owner = self._settings.owner_ids[0] if self._settings.owner_ids else None
         # The run service writes the outcome for the owner with the run (when the rule notifies), gives an approval
-        # request its expiry job and message id, and checks the alerts, as for any other channel.
-        outcome = await self._aria.runs.handle(
+        # request its expiry job and message id, and checks the alerts, as for any other channel. The run takes the
+        # event in the transaction that opens it: after a crash either the event is queued again (no run began) or
+        # its run is recovered, never both.
+        await self._aria.runs.handle(
             Request(render(item.source, rule, found, item.event_at, late), trigger="event", channel="webhook",
-                    chat_id=owner), self._channel, notify=rule.notify, live=False)
-        if outcome is not None:
-            self._finish(item.event_id, outcome.run_id)
+                    chat_id=owner, intake_id=item.event_id), self._channel, notify=rule.notify, live=False)
 
     def _finish(self, event_id: int, run_id: int | None) -> None:
         with self._ledger.write() as session:

@@ -320,3 +320,16 @@ async def test_an_approval_asked_for_by_an_event_run_gets_its_expiry_job(make_ha
     (approval,) = h.aria.approvals.pending()
     assert h.aria.scheduler.aps.get_job(f"approval-expiry:{approval.id}") is not None
     assert [text for _, text in h.inbox.messages if text.startswith("Approval needed")]  # shown to the owner
+
+
+async def test_an_event_whose_run_began_before_a_stop_is_not_run_again_at_the_next_start(
+        make_harness: Any, fake_openai: Any) -> None:
+    h = await make_harness(settle_seconds=0)
+    body = alerts("DiskFull")
+    assert (await h.post("alertmanager", body, signed(body, timestamp=int(time.time())))).status_code == 202
+    await h.ingress.drain()
+    (event,) = h.events()
+    assert event.processed_at is not None and event.run_id is not None  # taken by its run when the run opened
+    restarted = EventIngress(h.aria, h.inbox, settle_seconds=0)
+    assert await restarted.start() == 0
+    assert len(fake_openai.completions) == 1
