@@ -247,8 +247,19 @@ def m006_durable_runs(conn: Connection) -> None:
     """)
 
 
+def m007_event_replay_key(conn: Connection) -> None:
+    """Accepted events keep the hash of what their sender authenticated (signature material or body), so a replay is
+    recognised by what an attacker cannot change, not by an unsigned delivery id."""
+    _run(conn, """
+    ALTER TABLE event ADD COLUMN replay_key VARCHAR;
+    -- Until now a body without a timestamp was recognised by its hash: keep recognising the ones already accepted.
+    UPDATE event SET replay_key = body_sha256 WHERE status = 'accepted';
+    CREATE INDEX ix_event_replay ON event (source, replay_key, received_at)
+    """)
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events,
-                               m005_hot_path_indexes, m006_durable_runs]
+                               m005_hot_path_indexes, m006_durable_runs, m007_event_replay_key]
 
 
 def applied(conn: Connection) -> set[str]:

@@ -188,6 +188,7 @@ class Event(SQLModel, table=True):
     payload: str | None = None  # the verified body, kept to build the run and to order by event time
     event_at: dt.datetime | None = None  # the source's own timestamp, when it has one
     processed_at: dt.datetime | None = None
+    replay_key: str | None = None  # sha256 of what the sender authenticated; a replay of it is a duplicate
 
 
 class Breaker(SQLModel, table=True):

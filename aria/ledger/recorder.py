@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, Engine, Insert, Table, Update, bindparam, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -373,6 +373,29 @@ class Ledger:
                 return row.id
         except IntegrityError:
             return None
+
+    def record_accepted_event(self, source: str, *, replay_key: str, replay_since: dt.datetime | None,
+                              delivery_id: str | None, body_sha256: str, payload: str,
+                              event_at: dt.datetime | None) -> int | Literal["replayed", "redelivered"]:
+        """Record a verified event unless it is a duplicate, in one write transaction: "replayed" when an event with
+        the same replay key was accepted (since `replay_since`, or ever), "redelivered" when its delivery id was."""
+        with self.write() as s:
+            seen = select(Event.id).where(Event.source == source, Event.replay_key == replay_key,
+                                          Event.status == "accepted")
+            if replay_since is not None:
+                seen = seen.where(Event.received_at >= replay_since)
+            if s.exec(seen.limit(1)).first() is not None:
+                return "replayed"
+            if delivery_id is not None and s.exec(select(Event.id).where(
+                    Event.source == source, Event.delivery_id == delivery_id).limit(1)).first() is not None:
+                return "redelivered"
+            row = Event(source=source, delivery_id=delivery_id, verified=True, status="accepted",
+                        body_sha256=body_sha256, received_at=self.now(), payload=self.redact(payload),
+                        event_at=event_at, replay_key=replay_key)
+            s.add(row)
+            s.flush()
+            assert row.id is not None
+            return row.id
 
     # flags ------------------------------------------------------------------------------------------------
 
