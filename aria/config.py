@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aria.errors import ConfigError
@@ -19,6 +19,8 @@ from aria.errors import ConfigError
 CommaInts = Annotated[list[int], NoDecode]
 CommaStrs = Annotated[list[str], NoDecode]
 CommaPairs = Annotated[dict[str, SecretStr], NoDecode]
+EventAuth = Literal["hmac", "github", "bearer", "basic"]
+EVENT_AUTH_MODES: tuple[str, ...] = get_args(EventAuth)
 
 
 class Settings(BaseSettings):
@@ -41,6 +43,7 @@ class Settings(BaseSettings):
 
     # Event ingress (signed webhooks from the owner's systems)
     event_secrets: CommaPairs = Field(default_factory=dict)
+    event_auth: Annotated[dict[str, EventAuth], NoDecode] = Field(default_factory=dict)  # source -> mode
     event_rules_file: Path | None = None
     event_max_bytes: int = Field(default=256 * 1024, ge=1024)
     event_max_age_seconds: float = Field(default=300.0, gt=0)
@@ -128,6 +131,35 @@ class Settings(BaseSettings):
             pairs[source.strip()] = secret.strip()
         return pairs
 
+    @field_validator("event_auth", mode="before")
+    @classmethod
+    def _split_modes(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        modes: dict[str, str] = {}
+        for item in (part.strip() for part in value.split(",")):
+            source, sep, mode = (p.strip() for p in item.partition("="))
+            if not item:
+                continue
+            if not sep or not source or mode.lower() not in EVENT_AUTH_MODES:
+                raise ValueError(f"{item!r}: must be comma-separated source=mode pairs, the mode one of "
+                                 f"{', '.join(EVENT_AUTH_MODES)}")
+            modes[source] = mode.lower()
+        return modes
+
+    @model_validator(mode="after")
+    def _auth_has_secret(self) -> Settings:
+        unknown = sorted(set(self.event_auth) - set(self.event_secrets))
+        if unknown:
+            raise ValueError(f"{env_name('event_auth')}: no secret in {env_name('event_secrets')} for "
+                             f"{', '.join(unknown)}")
+        return self
+
+    def event_auth_for(self, source: str) -> EventAuth:
+        """How a source authenticates its events: as configured, else `github` for the source named github (its
+        own signature scheme), else `hmac`."""
+        return self.event_auth.get(source) or ("github" if source == "github" else "hmac")
+
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
@@ -193,7 +225,7 @@ def load_settings(**overrides: Any) -> Settings:
             field = str(err["loc"][0]) if err["loc"] else "?"
             name = env_name(field) if field in Settings.model_fields else field
             reason = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{name}: {reason}")
+            problems.append(f"{name}: {reason}" if err["loc"] else reason)  # a model check names its variables
         raise ConfigError(problems) from None
 
 

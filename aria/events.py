@@ -1,20 +1,31 @@
-"""Signed events from the owner's systems: verified, recorded, then turned into runs in the source's own time order.
+"""Events from the owner's systems: authenticated, recorded, then turned into runs in the source's own time order.
 
-Signature scheme, per source (the secret comes from ``ARIA_EVENT_SECRETS=source=secret,...``)::
+Each source has a secret (``ARIA_EVENT_SECRETS=source=secret,...``) and a mode (``ARIA_EVENT_AUTH=source=mode,...``;
+``hmac`` by default, ``github`` for the source named github), implemented in aria.event_auth::
 
-    X-Aria-Timestamp: <unix seconds>                   optional, recommended
-    X-Aria-Signature: sha256=<hex HMAC-SHA256(secret, material)>
-        material = f"{timestamp}.".encode() + raw_body  with X-Aria-Timestamp; raw_body without it
-    X-Aria-Delivery:  <id>                             optional; else the sha256 of the body
+    hmac    X-Aria-Signature: sha256=<hex HMAC-SHA256(secret, material)>
+            X-Aria-Timestamp: <unix seconds>        optional, recommended
+                material = f"{timestamp}.".encode() + raw_body  with X-Aria-Timestamp; raw_body without it
+            Protects authenticity and integrity, even without TLS. Replays: a timestamp more than
+            ``ARIA_EVENT_MAX_AGE_SECONDS`` old (or a minute ahead) is refused, and within the window the same signed
+            material (hash of timestamp and body) runs once; without a timestamp the same body runs once, ever.
+    github  X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, raw_body)>   (GitHub's own scheme)
+            Authenticity and integrity; GitHub signs no timestamp, so the same body runs once, ever.
+    bearer  Authorization: Bearer <secret>          (Prometheus Alertmanager's http_config.authorization)
+    basic   Authorization: Basic base64(user:secret), any user   (Grafana's webhook contact point)
+            Only authenticity, and only over TLS: the secret travels with every request, the sender signs neither
+            body nor time, so whoever sees one request can replay or alter it. The same body within
+            ``ARIA_EVENT_MAX_AGE_SECONDS`` runs once (Alertmanager retries; its repeat_interval reminders still run).
 
-For the source ``github``, GitHub's own ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(secret, raw_body)>`` and
-``X-GitHub-Delivery`` work too. The HMAC covers the raw bytes as received, before parsing; comparison is constant-time.
+Signatures, tokens and passwords are compared in constant time; the signature covers the raw bytes as received,
+before parsing. A body sent as ``application/x-www-form-urlencoded`` (GitHub's other content type) carries its JSON
+in the ``payload`` field. ``X-Aria-Delivery: <id>`` (or ``X-GitHub-Delivery``) is not signed, so it may only add
+de-duplication: an id seen before is a ``duplicate``, but a new id never makes the same authenticated content new.
 
 Checks in order, each refusal leaving one ``event`` row (status ``refused``, a reason, no payload) and running nothing:
-a secret for the source (else 404); at most ``ARIA_EVENT_MAX_BYTES``, counted while reading (413); the signature
-(401); a sent timestamp at most ``ARIA_EVENT_MAX_AGE_SECONDS`` old and at most a minute ahead (401); UTF-8 JSON (400).
-A delivery id seen before is a ``duplicate`` (200) and does not run. The timestamp window bounds replays under a fresh
-delivery id; without a timestamp (GitHub), a body identical to one already accepted from the source is a duplicate.
+a secret for the source (else 404); at most ``ARIA_EVENT_MAX_BYTES``, counted while reading (413); the signature or
+credentials (401); a signed timestamp within the window, any out-of-range value included (401); UTF-8 JSON (400).
+A duplicate (same authenticated content, or a delivery id seen before) is answered 200 and does not run.
 
 Accepted events (202) keep their payload and their own time (alertmanager ``startsAt``/``endsAt``, github
 ``updated_at``/``created_at``, else a time field of the payload or X-Aria-Timestamp). One worker per source holds each
@@ -32,10 +43,10 @@ import asyncio
 import datetime as dt
 import hashlib
 import heapq
-import hmac
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -43,6 +54,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlmodel import col, select
 
 from aria.agent.state import Request
+from aria.event_auth import Proof, Refusal, verify
 from aria.event_rules import Rule, digest, load_rules, render, rule_for
 from aria.ledger import Event, as_utc
 
@@ -54,17 +66,18 @@ log = logging.getLogger(__name__)
 
 Verdict = Literal["accepted", "duplicate", "refused"]
 
-SIGNATURE_HEADER = "x-aria-signature"
-TIMESTAMP_HEADER = "x-aria-timestamp"
 DELIVERY_HEADER = "x-aria-delivery"
-GITHUB_SIGNATURE_HEADER = "x-hub-signature-256"
 GITHUB_DELIVERY_HEADER = "x-github-delivery"
-FUTURE_SKEW_SECONDS = 60.0
+FORM_TYPE = "application/x-www-form-urlencoded"
 MAX_EVENT_AHEAD = dt.timedelta(days=1)  # an event time further ahead than this is not believed
 
 
 class BodyTooLarge(ValueError):
     """The request body is over the limit; reading stopped there."""
+
+
+class NoPayload(ValueError):
+    """A form-encoded body without exactly one `payload` field."""
 
 
 async def read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], limit: int) -> bytes:
@@ -78,6 +91,19 @@ async def read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], li
         if len(body) > limit:
             raise BodyTooLarge(str(len(body)))
     return bytes(body)
+
+
+def _json_text(headers: Mapping[str, str], body: bytes) -> str:
+    """The JSON text of a body: the body itself, or the `payload` field of a form-encoded one (GitHub's form type)."""
+    text = body.decode("utf-8")
+    if headers.get("content-type", "").split(";")[0].strip().lower() != FORM_TYPE:
+        return text
+    fields = urllib.parse.parse_qs(text, keep_blank_values=True, strict_parsing=True, errors="strict",
+                                   max_num_fields=16)
+    payload = fields.get("payload", [])
+    if len(payload) != 1:
+        raise NoPayload("form body has no single payload field")
+    return payload[0]
 
 
 @dataclass(frozen=True)
@@ -131,64 +157,41 @@ class EventIngress:
         except BodyTooLarge:
             return self._reject(source, 413, "refused", f"body over {limit} bytes")
         sha = hashlib.sha256(body).hexdigest()
-        problem, stamp = self._verify(source, secret.get_secret_value().encode(), headers, body)
-        if problem is not None:
-            return self._reject(source, 401, "refused", problem, sha)
+        mode = self._settings.event_auth_for(source)
+        proof = verify(mode, secret.get_secret_value().encode(), headers, body,
+                       now=self._ledger.now().timestamp(), max_age=self._settings.event_max_age_seconds)
+        if isinstance(proof, Refusal):
+            return self._reject(source, 401, "refused", proof.reason, sha)
         try:
-            text = body.decode("utf-8")
+            text = _json_text(headers, body)
             payload = json.loads(text)
-        except ValueError:  # UnicodeDecodeError is one
-            return self._reject(source, 400, "refused", "body is not UTF-8 JSON", sha, verified=True)
+        except ValueError as exc:  # UnicodeDecodeError is one
+            return self._reject(source, 400, "refused", str(exc) if isinstance(exc, NoPayload) else
+                                "body is not UTF-8 JSON", sha, verified=True)
         except RecursionError:
             return self._reject(source, 400, "refused", "body is nested too deeply", sha, verified=True)
-        return self._accept(source, headers, text, payload, sha, stamp)
+        delivery = headers.get(DELIVERY_HEADER) or (headers.get(GITHUB_DELIVERY_HEADER) if mode == "github" else None)
+        return self._accept(source, delivery, text, payload, sha, proof)
 
-    def _verify(self, source: str, secret: bytes, headers: Mapping[str, str],
-                body: bytes) -> tuple[str | None, int | None]:
-        """Why the delivery is refused (None when the signature and a signed timestamp hold), and that timestamp."""
-        given, stamp = headers.get(SIGNATURE_HEADER), headers.get(TIMESTAMP_HEADER)
-        if given is None and source == "github":
-            given, stamp = headers.get(GITHUB_SIGNATURE_HEADER), None
-        if given is None:
-            return "missing signature", None
-        material = body if stamp is None else stamp.encode("utf-8", "replace") + b"." + body
-        expected = "sha256=" + hmac.new(secret, material, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected.encode(), given.strip().lower().encode("utf-8", "replace")):
-            return "bad signature", None
-        if stamp is None:
-            return None, None
-        if not (stamp.isascii() and stamp.isdigit() and len(stamp) <= 12):
-            return "bad timestamp", None
-        age = (self._ledger.now() - dt.datetime.fromtimestamp(int(stamp), dt.UTC)).total_seconds()
-        max_age = self._settings.event_max_age_seconds
-        if age > max_age:
-            return "stale timestamp", None
-        if -age > min(FUTURE_SKEW_SECONDS, max_age):
-            return "timestamp in the future", None
-        return None, int(stamp)
-
-    def _accept(self, source: str, headers: Mapping[str, str], text: str, payload: Any, sha: str,
-                stamp: int | None) -> Receipt:
-        delivery = headers.get(DELIVERY_HEADER) or (headers.get(GITHUB_DELIVERY_HEADER) if source == "github" else None)
-        if stamp is None and self._seen_body(source, sha):
-            return self._reject(source, 200, "duplicate", "same body as an event already accepted", sha, verified=True)
+    def _accept(self, source: str, delivery: str | None, text: str, payload: Any, sha: str, proof: Proof) -> Receipt:
         received = self._ledger.now()
+        stamp = proof.stamp
         event_at = digest(source, payload).at or (dt.datetime.fromtimestamp(stamp, dt.UTC) if stamp else None)
         if event_at is not None and event_at > received + MAX_EVENT_AHEAD:
             event_at = None  # an absurd time (year 9999) would order every later event behind it
-        event_id = self._ledger.record_event(source, status="accepted", verified=True,
-                                             delivery_id=(delivery or sha)[:200], body_sha256=sha, payload=text,
-                                             event_at=event_at)
-        if event_id is None:
+        # The delivery id is not authenticated: it may only add de-duplication (a sender's retry under the same id),
+        # never let the same authenticated content run twice.
+        outcome = self._ledger.record_accepted_event(
+            source, replay_key=proof.replay_key, replay_since=received - proof.window if proof.window else None,
+            delivery_id=delivery[:200] if delivery else None, body_sha256=sha, payload=text, event_at=event_at)
+        if outcome == "replayed":
+            window = f" in the last {proof.window.total_seconds():.0f} s" if proof.window else ""
+            return self._reject(source, 200, "duplicate", f"same content as an event accepted{window}", sha,
+                                verified=True)
+        if outcome == "redelivered":
             return self._reject(source, 200, "duplicate", "delivery id already received", sha, verified=True)
-        self._enqueue(self._queued(event_id, source, self._ledger.redact(text) or "", event_at, received))
-        return Receipt(202, "accepted", event_id=event_id)
-
-    def _seen_body(self, source: str, sha: str) -> bool:
-        with self._ledger.read() as session:
-            found = session.exec(select(Event.id).where(Event.source == source, Event.body_sha256 == sha,
-                                                        Event.status == "accepted").limit(1)).first()
-        return found is not None
+        self._enqueue(self._queued(outcome, source, self._ledger.redact(text) or "", event_at, received))
+        return Receipt(202, "accepted", event_id=outcome)
 
     def _reject(self, source: str, status_code: int, verdict: Verdict, reason: str, sha: str | None = None, *,
                 verified: bool = False) -> Receipt:
