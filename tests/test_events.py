@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import hashlib
 import hmac
 import json
 import re
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,8 @@ from sqlmodel import select
 
 from aria.app import Aria
 from aria.channel import Quiet
+from aria.clock import ManualClock
+from aria.config import load_settings
 from aria.errors import ConfigError
 from aria.event_rules import load_rules
 from aria.events import EventIngress
@@ -27,6 +32,7 @@ from tests.conftest import OWNER
 AM_SECRET = "am-secret-0123456789"
 GH_SECRET = "gh-secret-9876543210"
 BACKUP_SECRET = "backup-secret-555555"
+GRAFANA_SECRET = "grafana-secret-4444"
 
 
 class Inbox:
@@ -112,7 +118,8 @@ async def make_harness(make_aria: Callable[..., Aria]) -> AsyncIterator[Callable
 
     async def make(settle_seconds: float = 0.05, **overrides: Any) -> Harness:
         values: dict[str, Any] = {"event_secrets": {"alertmanager": AM_SECRET, "github": GH_SECRET,
-                                                    "backup": BACKUP_SECRET}, "event_max_bytes": 1024}
+                                                    "backup": BACKUP_SECRET, "grafana": GRAFANA_SECRET},
+                                  "event_max_bytes": 1024}
         values.update(overrides)
         aria = make_aria(**values)
         inbox = Inbox(aria)
@@ -333,3 +340,173 @@ async def test_an_event_whose_run_began_before_a_stop_is_not_run_again_at_the_ne
     restarted = EventIngress(h.aria, h.inbox, settle_seconds=0)
     assert await restarted.start() == 0
     assert len(fake_openai.completions) == 1
+
+
+# Authentication modes, replays and real senders ---------------------------------------------------------------
+
+
+def alertmanager_v4(name: str = "DiskFull") -> bytes:
+    """A webhook body exactly as Prometheus Alertmanager sends it (the documented version 4 shape)."""
+    labels = {"alertname": name, "instance": "db1:9100", "job": "node", "severity": "critical"}
+    return json.dumps({
+        "version": "4",
+        "groupKey": "{}:{alertname=\"" + name + "\"}",
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "aria",
+        "groupLabels": {"alertname": name},
+        "commonLabels": labels,
+        "commonAnnotations": {"summary": "Disk almost full on db1", "description": "/var is 97% full."},
+        "externalURL": "http://alertmanager.example.org:9093",
+        "alerts": [{
+            "status": "firing",
+            "labels": labels,
+            "annotations": {"summary": "Disk almost full on db1", "description": "/var is 97% full."},
+            "startsAt": "2026-03-01T10:00:00.123456789Z",
+            "endsAt": "0001-01-01T00:00:00Z",
+            "generatorURL": "http://prometheus.example.org:9090/graph?g0.expr=node_filesystem_avail_bytes",
+            "fingerprint": "c4b5f0e9a1d2b3c4",
+        }],
+    }).encode()
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+async def test_alertmanager_v4_webhook_with_a_bearer_token_becomes_a_run_and_a_message(make_harness: Any,
+                                                                                      fake_openai: Any) -> None:
+    h = await make_harness(event_auth={"alertmanager": "bearer"}, event_max_bytes=64 * 1024)
+    fake_openai.enqueue_text("DiskFull on db1: /var is 97% full since 10:00 UTC.")
+    body = alertmanager_v4()
+    response = await h.post("alertmanager", body, {"Authorization": f"Bearer {AM_SECRET}",
+                                                   "Content-Type": "application/json",
+                                                   "User-Agent": "Alertmanager/0.27.0"})
+    assert response.status_code == 202 and response.json()["status"] == "accepted"
+    await h.ingress.drain()
+    assert h.inbox.messages == [(OWNER, "DiskFull on db1: /var is 97% full since 10:00 UTC.")]
+    (run,) = h.runs()
+    assert (run.trigger, run.chat_id, run.status) == ("event", OWNER, "ok")
+    (event,) = h.events()
+    assert (event.status, event.verified, event.run_id, event.delivery_id) == ("accepted", True, run.id, None)
+    assert alert_of(last_user_text(fake_openai.completions[0])) == ("firing", "DiskFull")
+
+
+async def test_bearer_token_wrong_missing_or_in_another_scheme_is_refused(make_harness: Any,
+                                                                          fake_openai: Any) -> None:
+    h = await make_harness(event_auth={"alertmanager": "bearer"})
+    body = alerts("DiskFull")
+    refused = [await h.post("alertmanager", body, headers) for headers in (
+        {"Authorization": "Bearer not-the-secret"},
+        {"Authorization": f"Bearer {AM_SECRET}x"},
+        {},
+        basic("alertmanager", AM_SECRET),
+        {"Authorization": f"Token {AM_SECRET}"},
+        signed(body, timestamp=int(time.time())),  # a valid HMAC is not what this source was told to send
+    )]
+    assert [r.status_code for r in refused] == [401] * 6
+    assert [e.reason for e in h.events()] == [
+        "bad credentials", "bad credentials", "missing credentials", "wrong authorization scheme",
+        "wrong authorization scheme", "missing credentials"]
+    assert all(e.payload is None and not e.verified for e in h.events()) and AM_SECRET not in refused[1].text
+    accepted = await h.post("alertmanager", body, {"Authorization": f"bearer  {AM_SECRET} "})  # scheme is any case
+    assert accepted.status_code == 202
+    await h.ingress.drain()
+    assert len(fake_openai.completions) == 1 and len(h.inbox.messages) == 1
+
+
+async def test_basic_auth_takes_the_secret_as_password_with_any_user(make_harness: Any, fake_openai: Any) -> None:
+    h = await make_harness(event_auth={"grafana": "basic"})
+    body = json.dumps({"title": "[FIRING:1] HighLatency", "state": "alerting",
+                       "timestamp": "2026-03-01T10:00:00Z"}).encode()
+    refused = [await h.post("grafana", body, headers) for headers in (
+        basic("grafana", "wrong-password"),
+        basic(GRAFANA_SECRET, "x"),  # the secret as user name is not the password
+        {"Authorization": "Basic " + base64.b64encode(GRAFANA_SECRET.encode()).decode()},  # no user:password
+        {"Authorization": "Basic %%%not-base64"},
+        {"Authorization": f"Bearer {GRAFANA_SECRET}"},
+        {},
+    )]
+    assert [r.status_code for r in refused] == [401] * 6
+    assert [e.reason for e in h.events()] == ["bad credentials"] * 4 + [
+        "wrong authorization scheme", "missing credentials"]
+    assert (await h.post("grafana", body, basic("grafana", GRAFANA_SECRET))).status_code == 202
+    other = body.replace(b"HighLatency", b"LowDisk")
+    assert (await h.post("grafana", other, basic("", GRAFANA_SECRET))).status_code == 202  # any user, even none
+    await h.ingress.drain()
+    assert len(h.runs()) == 2 and len(h.inbox.messages) == 2
+
+
+async def test_github_form_encoded_payload_is_accepted(make_harness: Any, fake_openai: Any) -> None:
+    h = await make_harness(event_max_bytes=8192)
+    payload = workflow_run("failure", 21)
+    body = urllib.parse.urlencode({"payload": payload.decode()}).encode()
+    headers = github_headers(body, "gh-form-1") | {"Content-Type": "application/x-www-form-urlencoded"}
+    response = await h.post("github", body, headers)
+    assert response.status_code == 202
+    await h.ingress.drain()
+    assert "actions/runs/21" in last_user_text(fake_openai.completions[0])
+    (event,) = h.events()
+    assert event.payload == payload.decode() and event.body_sha256 == hashlib.sha256(body).hexdigest()
+    no_payload = b"other=1"
+    missing = await h.post("github", no_payload, github_headers(no_payload, "gh-form-2")
+                           | {"Content-Type": "application/x-www-form-urlencoded"})
+    assert missing.status_code == 400 and missing.json()["reason"] == "form body has no single payload field"
+
+
+async def test_a_captured_signed_delivery_replayed_with_fresh_delivery_ids_runs_once(make_harness: Any,
+                                                                                     fake_openai: Any) -> None:
+    h = await make_harness()
+    body = alerts("DiskFull")
+    now = int(time.time())
+    captured = signed(body, timestamp=now)
+    assert (await h.post("alertmanager", body, captured | {"X-Aria-Delivery": "d-1"})).status_code == 202
+    replays = [await h.post("alertmanager", body, captured | {"X-Aria-Delivery": f"d-new-{i}"}) for i in range(5)]
+    without_id = await h.post("alertmanager", body, captured)
+    assert [r.json()["status"] for r in [*replays, without_id]] == ["duplicate"] * 6
+    await h.ingress.drain()
+    assert len(fake_openai.completions) == 1 and len(h.runs()) == 1 and len(h.inbox.messages) == 1
+    assert [e.delivery_id for e in h.events() if e.status == "duplicate"] == [None] * 6  # replays claim no id
+    # The sender itself signing the same body anew is a new event; its retry under the same id is not.
+    resent = signed(body, timestamp=now - 1, **{"X-Aria-Delivery": "d-2"})
+    assert (await h.post("alertmanager", body, resent)).status_code == 202
+    retry = signed(body, timestamp=now, **{"X-Aria-Delivery": "d-2"})
+    assert (await h.post("alertmanager", body, retry)).json()["status"] == "duplicate"
+
+
+async def test_a_bearer_body_is_a_duplicate_within_the_window_and_runs_again_after_it(make_harness: Any,
+                                                                                      fake_openai: Any) -> None:
+    clock = ManualClock(dt.datetime.now(dt.UTC))
+    h = await make_harness(clock=clock, event_auth={"alertmanager": "bearer"}, event_max_age_seconds=300)
+    body, token = alerts("DiskFull"), {"Authorization": f"Bearer {AM_SECRET}"}
+    assert (await h.post("alertmanager", body, token)).status_code == 202
+    clock.advance(299)
+    again = await h.post("alertmanager", body, token | {"X-Aria-Delivery": "fresh"})
+    assert again.status_code == 200 and again.json()["reason"] == "same content as an event accepted in the last 300 s"
+    clock.advance(2)  # Alertmanager's repeat_interval reminder, long after: worth telling again
+    assert (await h.post("alertmanager", body, token)).status_code == 202
+    await h.ingress.drain()
+    assert len(h.runs()) == 2
+
+
+async def test_out_of_range_timestamps_get_401_with_an_event_row(make_harness: Any, fake_openai: Any) -> None:
+    h = await make_harness()
+    body = alerts("DiskFull")
+    far = await h.post("alertmanager", body, signed(body, timestamp=999999999999))
+    huge = await h.post("alertmanager", body, signed(body, timestamp=10**30))
+    unsigned = await h.post("alertmanager", body, signed(body, timestamp=int(time.time()))
+                            | {"X-Aria-Timestamp": "999999999999"})
+    assert [r.status_code for r in (far, huge, unsigned)] == [401, 401, 401]
+    assert [(e.status, e.reason) for e in h.events()] == [
+        ("refused", "timestamp in the future"), ("refused", "bad timestamp"), ("refused", "bad signature")]
+    assert fake_openai.completions == [] and h.runs() == []
+
+
+def test_event_auth_setting_names_its_variable_when_wrong() -> None:
+    settings = load_settings(event_secrets="alertmanager=a,grafana=b", event_auth="alertmanager=bearer, grafana=Basic")
+    assert settings.event_auth == {"alertmanager": "bearer", "grafana": "basic"}
+    assert (settings.event_auth_for("github"), settings.event_auth_for("backup")) == ("github", "hmac")
+    with pytest.raises(ConfigError, match=r"ARIA_EVENT_AUTH: 'alertmanager=token'.*hmac, github, bearer, basic"):
+        load_settings(event_secrets="alertmanager=a", event_auth="alertmanager=token")
+    with pytest.raises(ConfigError, match="ARIA_EVENT_AUTH: no secret in ARIA_EVENT_SECRETS for grafana"):
+        load_settings(event_secrets="alertmanager=a", event_auth="grafana=basic")
