@@ -1,7 +1,7 @@
 """The ASGI app: Telegram updates in webhook mode, signed events from the owner's systems, readiness.
 
     POST /telegram          Telegram updates; X-Telegram-Bot-Api-Secret-Token missing → 401, wrong → 403
-    POST /events/{source}   signed events (see aria.events)
+    POST /events/{source}   events, authenticated per source (see aria.events)
     GET  /healthz           200 when ready, 503 when not; JSON either way
 
 Every refused call leaves one `event` row and runs nothing. An owner's update is recorded as `telegram-update` with
