@@ -7,6 +7,7 @@ takes the ARIA_ prefix. `load_settings` turns validation errors into one line pe
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -21,6 +22,8 @@ CommaStrs = Annotated[list[str], NoDecode]
 CommaPairs = Annotated[dict[str, SecretStr], NoDecode]
 EventAuth = Literal["hmac", "github", "bearer", "basic"]
 EVENT_AUTH_MODES: tuple[str, ...] = get_args(EventAuth)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_OWN_PREFIXES = ("ARIA_", "TELEGRAM_", "OPENAI_")  # Aria's settings (and its secrets) are read from these
 
 
 class Settings(BaseSettings):
@@ -83,6 +86,7 @@ class Settings(BaseSettings):
     skills_dir: Path | None = None
     shell_enabled: bool = True  # run_command exists, always behind approval unless the policy allowlists it
     shell_timeout_seconds: float = Field(default=30.0, gt=0)
+    shell_env: CommaStrs = Field(default_factory=list)  # names passed to commands beside PATH, HOME, LANG, TZ
 
     # Outbound messages to third parties
     smtp_url: SecretStr | None = None  # smtp://user:password@host:587 or smtps://...
@@ -115,6 +119,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
+
+    @field_validator("shell_env", mode="before")
+    @classmethod
+    def _split_env_names(cls, value: Any) -> Any:
+        names = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+        if not isinstance(names, list):
+            return names
+        for name in names:
+            if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if name.upper().startswith(_OWN_PREFIXES):
+                raise ValueError(f"{name} is one of Aria's settings, which never reach commands")
+        return names
 
     @field_validator("event_secrets", mode="before")
     @classmethod

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import shlex
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from aria.command_policy import CommandRule, check, parse_rules
 from aria.errors import ConfigError
 
 Action = Literal["allow", "escalate", "block"]
@@ -60,7 +60,7 @@ class Policy:
 
     text: tuple[TextRule, ...] = ()
     recipients: tuple[str, ...] = ()
-    commands_allowed: tuple[str, ...] = ()
+    commands_allowed: tuple[CommandRule, ...] = ()
     commands_blocked: tuple[str, ...] = ()
     amounts: tuple[AmountRule, ...] = ()
 
@@ -78,22 +78,14 @@ class Policy:
         return Verdict("block", "recipients", f"{recipient} is not on the recipient allowlist")
 
     def check_command(self, command: str) -> Verdict:
-        """run_command: blocked, allowed without approval (read-only allowlist), or escalated."""
+        """run_command: blocked (a `block` entry), allowed without approval (a read-only form on the allowlist,
+        see aria.command_policy), or escalated."""
         normalised = " ".join(command.split())
         for pattern in self.commands_blocked:
             if pattern in normalised:
                 return Verdict("block", "commands.block", f"commands containing {pattern!r} never run")
-        try:
-            words = shlex.split(command)
-        except ValueError:
-            return Verdict("escalate", "commands", "the command could not be parsed")
-        if _SHELL_META.search(command):
-            return Verdict("escalate", "commands", "shell operators always need approval")
-        for allowed in self.commands_allowed:
-            prefix = allowed.split()
-            if words[: len(prefix)] == prefix:
-                return ALLOW
-        return Verdict("escalate", "commands", "commands outside the allowlist need approval")
+        outcome = check(command, self.commands_allowed)
+        return ALLOW if outcome.allowed else Verdict("escalate", "commands", outcome.reason)
 
     def check_amounts(self, arguments: dict[str, Any]) -> Verdict:
         """Numeric arguments above their limits."""
@@ -106,9 +98,6 @@ class Policy:
     def prompt_lines(self) -> list[str]:
         """The rules as short DO-NOT lines for the system prompt."""
         return [f"Policy: {rule.say}." for rule in self.text]
-
-
-_SHELL_META = re.compile(r"[|;&<>`$]")
 
 
 def load_policy(path: Path | None) -> Policy:
@@ -139,11 +128,28 @@ def _parse(data: dict[str, Any]) -> Policy:
                  for r in data.get("text", []))
     amounts = tuple(AmountRule(r["name"], r["argument"], float(r["max"]), _action(r.get("action", "escalate")))
                     for r in data.get("amounts", []))
-    commands = data.get("commands", {})
+    commands = _commands(data)
     return Policy(
         text=text,
         recipients=tuple(data.get("recipients", {}).get("allow", [])),
-        commands_allowed=tuple(commands.get("allow_without_approval", [])),
+        commands_allowed=parse_rules(commands.get("allow", [])),
         commands_blocked=tuple(commands.get("block", [])),
         amounts=amounts,
     )
+
+
+def _commands(data: dict[str, Any]) -> dict[str, Any]:
+    commands = data.get("commands", {})
+    if not isinstance(commands, dict):
+        raise ValueError("[commands] must be a table")
+    if "allow_without_approval" in commands:
+        raise ValueError("[commands] allow_without_approval matched first words only and is no longer read: list "
+                         "each read-only command as a [[commands.allow]] table with `program` and its allowed "
+                         "`args` forms or `deny` flags (see aria/defaults/policy.toml)")
+    unknown = sorted(set(commands) - {"allow", "block"})
+    if unknown:
+        raise ValueError(f"[commands]: unknown key {unknown[0]!r} (use `allow` and `block`)")
+    block = commands.get("block", [])
+    if not isinstance(block, list) or not all(isinstance(item, str) and item.strip() for item in block):
+        raise ValueError("[commands] block must be a list of non-empty strings")
+    return commands

@@ -8,6 +8,7 @@ import os
 import shlex
 import signal
 import time
+from collections.abc import Callable
 from typing import Annotated
 
 from pydantic import BaseModel, Field
@@ -24,8 +25,9 @@ MAX_TIMEOUT = 300
 TAIL = 3000  # characters kept from the end of stdout and of stderr
 CHUNK = 65536
 GRACE = 1.0  # seconds to finish reading output once the command has exited
-# Aria's own credentials are not handed to commands: `env` would otherwise show them to the model.
-SECRET_VARS = frozenset({"TELEGRAM_BOT_TOKEN", "OPENAI_API_KEY", "ARIA_WEBHOOK_SECRET"})
+# A command sees only these (and the names in ARIA_SHELL_ENV), never Aria's settings: `env` or a read of
+# /proc/self/environ would otherwise hand every secret to whoever steers the model.
+BASE_ENV = ("PATH", "HOME", "LANG", "TZ")
 
 
 class CommandResult(BaseModel):
@@ -54,9 +56,12 @@ class _Tail:
                 del self.data[: len(self.data) - self.keep]
                 self.dropped = True
 
-    def text(self) -> tuple[str, bool]:
-        """The last TAIL characters, and whether anything before them was cut."""
-        decoded = self.data.decode("utf-8", errors="replace")
+    def text(self, redact: Callable[[str | None], str | None]) -> tuple[str, bool]:
+        """The last TAIL characters with secrets redacted, and whether anything before them was cut.
+
+        Redacting before cutting keeps a secret that straddles the cut from leaving its recognisable tail behind.
+        """
+        decoded = redact(self.data.decode("utf-8", errors="replace")) or ""
         return decoded[-TAIL:], self.dropped or len(decoded) > TAIL
 
 
@@ -71,8 +76,11 @@ def _parse(command: str) -> list[str]:
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
-    secrets = set(settings.secrets())
-    return {k: v for k, v in os.environ.items() if k not in SECRET_VARS and v not in secrets}
+    """The minimal environment a command runs with: an allowlist of names, and no value that is a secret."""
+    secrets = settings.secrets()
+    names = dict.fromkeys((*BASE_ENV, *settings.shell_env))
+    return {name: value for name in names if (value := os.environ.get(name)) is not None
+            and not any(secret in value for secret in secrets)}
 
 
 def _kill_group(pid: int) -> None:
@@ -134,9 +142,8 @@ async def run_command(
     started = time.monotonic()
     proc = await _spawn(argv, _child_env(settings))
     timed_out = await _supervise(proc, limit, out, err)
-    (stdout, cut_out), (stderr, cut_err) = out.text(), err.text()
+    (stdout, cut_out), (stderr, cut_err) = out.text(ctx.ledger.redact), err.text(ctx.ledger.redact)
     return CommandResult(
         exit_code=proc.returncode, timed_out=timed_out, seconds=round(time.monotonic() - started, 2),
-        stdout=ctx.ledger.redact(stdout) or "", stderr=ctx.ledger.redact(stderr) or "",
-        truncated=cut_out or cut_err,
+        stdout=stdout, stderr=stderr, truncated=cut_out or cut_err,
     )

@@ -151,7 +151,7 @@ class ToolRunner:
         except Exception as exc:  # noqa: BLE001 - a skill's own bug must reach the model and ledger as a failure
             error = ToolError(f"{call.name} crashed: {type(exc).__name__}: {exc}")
             return self._record(scope, call, spec, "error", started, error, str(error), step_id=acting)
-        output = render_output(value)
+        output = self.ledger.redact(render_output(value)) or ""  # the model sees no secret, in any encoding
         self._step(scope, call, spec, "ok", started, result=output, step_id=acting)
         return ToolRun("ok", fence(call.name, output), f"{call.name} → ok")
 
@@ -162,7 +162,7 @@ class ToolRunner:
         step_id = self._step(scope, call, spec, step_status, started, result=message, error=error, step_id=step_id)
         handling = _HANDLING.get(status, "reported")
         self.ledger.add_failure(f"tool:{spec.name}", error, handling, run_id=scope.run_id, step_id=step_id)
-        content = fence(call.name, f"ERROR ({type(error).__name__}): {message}")
+        content = fence(call.name, self.ledger.redact(f"ERROR ({type(error).__name__}): {message}") or "")
         return ToolRun(status, content, f"{call.name} → {message[:160]}", service)
 
     def _gated(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, decision: GateDecision,
