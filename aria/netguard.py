@@ -51,6 +51,8 @@ _PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12"
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+# Hosts the C resolver reads as IPv4 in the old inet_aton forms: 2130706433, 0x7f.1, 0177.0.0.1, 127.1.
+_LEGACY_IPV4 = re.compile(r"[0-9a-fx.]+", re.IGNORECASE)
 
 
 def refusal(address: IPAddress) -> str | None:
@@ -79,10 +81,21 @@ def refusal(address: IPAddress) -> str | None:
 
 
 def parse_address(text: str) -> IPAddress | None:
-    """`text` as an IP address (an IPv6 zone such as %eth0 dropped), or None when it is a name."""
+    """`text` as an IP address, or None when it is a name.
+
+    An IPv6 zone (%eth0) is dropped, and the legacy IPv4 forms every system resolver accepts without a DNS query
+    (decimal 2130706433, hex 0x7f.1, octal 0177.0.0.1, short 127.1) count as the address they mean.
+    """
+    text = text.strip("[]").split("%", 1)[0]
     try:
-        return ipaddress.ip_address(text.strip("[]").split("%", 1)[0])
+        return ipaddress.ip_address(text)
     except ValueError:
+        pass
+    if not _LEGACY_IPV4.fullmatch(text.rstrip(".")):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(text.rstrip(".")))
+    except OSError:
         return None
 
 
@@ -184,8 +197,9 @@ class AddressGuard:
         """
         target = f"{host}:{port}"
         self.check_target(target, host)
-        if parse_address(host) is not None:
-            return [host]
+        literal = parse_address(host)
+        if literal is not None:
+            return [str(literal)]  # connect to the address checked, never to a spelling the resolver re-reads
         addresses = await self._resolver(host, port)
         if not addresses:
             raise OSError(f"{host} resolves to no address")
