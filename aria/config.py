@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from aria.errors import ConfigError
+from aria.netguard import FetchAllow
 
 CommaInts = Annotated[list[int], NoDecode]
 CommaStrs = Annotated[list[str], NoDecode]
@@ -87,6 +88,8 @@ class Settings(BaseSettings):
     shell_enabled: bool = True  # run_command exists, always behind approval unless the policy allowlists it
     shell_timeout_seconds: float = Field(default=30.0, gt=0)
     shell_env: CommaStrs = Field(default_factory=list)  # names passed to commands beside PATH, HOME, LANG, TZ
+    # Hosts (`nas.home.arpa`), `*.suffix` patterns and CIDRs fetch_url/check_url may reach although not public.
+    fetch_allow: CommaStrs = Field(default_factory=list)
 
     # Outbound messages to third parties
     smtp_url: SecretStr | None = None  # smtp://user:password@host:587 or smtps://...
@@ -132,6 +135,18 @@ class Settings(BaseSettings):
             if name.upper().startswith(_OWN_PREFIXES):
                 raise ValueError(f"{name} is one of Aria's settings, which never reach commands")
         return names
+    @field_validator("fetch_allow", mode="before")
+    @classmethod
+    def _split_allow(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("fetch_allow")
+    @classmethod
+    def _valid_allow(cls, value: list[str]) -> list[str]:
+        FetchAllow.parse(value)  # raises ValueError naming the bad entry
+        return value
 
     @field_validator("event_secrets", mode="before")
     @classmethod
@@ -204,6 +219,11 @@ class Settings(BaseSettings):
     def db_path(self) -> Path:
         """Where the SQLite ledger lives."""
         return self.database_path or self.data_dir / "aria.db"
+
+    @property
+    def fetch_allowed(self) -> FetchAllow:
+        """What ARIA_FETCH_ALLOW lets the web tools reach beyond public addresses."""
+        return FetchAllow.parse(self.fetch_allow)
 
     @property
     def model_configured(self) -> bool:

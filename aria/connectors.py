@@ -18,6 +18,11 @@ Policy, per request:
 * A connector made with `per_host=True` keeps one breaker per host (`connector:<name>:<host>`): for connectors
   that reach many unrelated sites (the web skill), where one dead site must not close off the rest.
 * Every attempt counts as one outbound call in `calls_today()` and in the ledger flag `calls:<name>:<local date>`.
+* A connector made with a `guard` (a FetchAllow) reaches only the addresses `aria.netguard` allows: a refused address
+  literal or metadata name is refused before the breaker or the network is asked, and every connection resolves
+  its host once, checks every address, and connects only to a checked one (DNS rebinding cannot slip in between).
+  A refusal raises AddressRefused (a ToolError: not retried, not a breaker failure). Such a connector uses no
+  environment proxy: a proxy would resolve names itself, past the check.
 """
 
 from __future__ import annotations
@@ -27,11 +32,12 @@ import datetime as dt
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
@@ -39,6 +45,7 @@ from aria.breaker import BreakerBoard, CircuitBreaker
 from aria.errors import ConnectorDown, ProviderError, RetryableProviderError, ToolError
 from aria.ledger import Ledger
 from aria.ledger.models import Handling
+from aria.netguard import AddressGuard, FetchAllow, Resolver, system_resolver
 from aria.retry import RETRYABLE_STATUSES, backoff, parse_retry_after
 
 RETRY_STATUSES = RETRYABLE_STATUSES
@@ -81,8 +88,9 @@ class Connectors:
 
     def __init__(self, ledger: Ledger, board: BreakerBoard, *, user_agent: str = "Aria/0.1",
                  sleep: Sleep = asyncio.sleep, tz: dt.tzinfo = dt.UTC, max_wait: float = 60.0,
-                 verify: ssl.SSLContext | bool = True) -> None:
+                 verify: ssl.SSLContext | bool = True, resolver: Resolver = system_resolver) -> None:
         self.ledger = ledger
+        self.resolver = resolver  # what guarded connectors resolve host names with
         self.board = board
         self.user_agent = user_agent
         self.tz = tz
@@ -95,20 +103,24 @@ class Connectors:
         self._lock = threading.Lock()
 
     def get(self, name: str, *, timeout: httpx.Timeout | None = None, max_attempts: int = 3,
-            per_host: bool = False) -> Connector:
+            per_host: bool = False, guard: FetchAllow | None = None) -> Connector:
         """The connector called `name`, created on first use (later calls get it as first configured).
 
         With `per_host`, each host gets its own breaker (`connector:<name>:<host>`), so one dead site cannot
-        open the circuit for every other site reached through the same connector.
+        open the circuit for every other site reached through the same connector. With `guard`, it reaches only
+        public addresses and those the FetchAllow allows (see the module docstring).
         """
         with self._lock:
             connector = self._connectors.get(name)
             if connector is None:
+                address_guard = AddressGuard(guard, self.resolver) if guard is not None else None
+                transport = GuardedTransport(address_guard, verify=self._verify) if address_guard else None
                 client = httpx.AsyncClient(
                     timeout=timeout or DEFAULT_TIMEOUT, headers={"User-Agent": self.user_agent},
-                    follow_redirects=False, verify=self._verify,
+                    follow_redirects=False, verify=self._verify, transport=transport,
                 )
-                connector = Connector(name, self, client, max_attempts=max_attempts, per_host=per_host)
+                connector = Connector(name, self, client, max_attempts=max_attempts, per_host=per_host,
+                                      guard=address_guard)
                 self._connectors[name] = connector
             return connector
 
@@ -145,8 +157,9 @@ class Connector:
     """One named outside service: retries, breaker checks and failure rows around an httpx client."""
 
     def __init__(self, name: str, owner: Connectors, client: httpx.AsyncClient, *, max_attempts: int,
-                 per_host: bool) -> None:
+                 per_host: bool, guard: AddressGuard | None = None) -> None:
         self.name = name
+        self.guard = guard
         self.component = f"connector:{name}"
         self.max_attempts = max(1, max_attempts)
         self.per_host = per_host
@@ -226,6 +239,8 @@ class Connector:
             raise ToolError(f"not a valid URL: {exc}") from None
         if request.url.scheme not in ("http", "https"):
             raise ToolError(f"refused {call.target}: only http and https URLs are supported")
+        if self.guard is not None:
+            self.guard.check_target(call.target, request.url.host)
         if not call.breaker.allow():
             until = call.breaker.open_until
             when = until.strftime("%H:%M:%S UTC") if until else "its probe reports"
@@ -288,6 +303,65 @@ class Connector:
     def _give_up(self, call: _Call, error: ProviderError) -> None:
         self._record(call, error, "degraded")
         call.breaker.record_failure(str(error), retry_after=error.retry_after)
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, connecting only to addresses an AddressGuard checked for this connection."""
+
+    def __init__(self, guard: AddressGuard, inner: httpcore.AsyncNetworkBackend | None = None) -> None:
+        self.guard = guard
+        self._inner = inner or httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int,
+                          timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
+                          local_address: str | None = None,
+                          socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+                          ) -> httpcore.AsyncNetworkStream:
+        """Resolve `host` once, check every address, then connect to the first checked address that answers."""
+        try:
+            async with asyncio.timeout(timeout):
+                addresses = await self.guard.resolve(host, port)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
+        except OSError as exc:
+            raise httpcore.ConnectError(f"cannot resolve {host}: {exc}") from exc
+        failed: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+        for address in addresses:  # TLS still names `host` (SNI, certificate check): httpcore passes the origin
+            try:
+                return await self._inner.connect_tcp(address, port, timeout=timeout, local_address=local_address,
+                                                     socket_options=socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failed = exc
+        assert failed is not None  # resolve() never returns an empty list
+        raise failed
+
+    async def connect_unix_socket(self, path: str,
+                                  timeout: float | None = None,  # noqa: ASYNC109 - httpcore's backend interface
+                                  socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+                                  ) -> httpcore.AsyncNetworkStream:
+        """Refused: a guarded connector reaches hosts by address only."""
+        raise httpcore.ConnectError("refused: a guarded connector does not use Unix sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        """As the inner backend sleeps."""
+        await self._inner.sleep(seconds)
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's own transport, with every connection made through a GuardedBackend."""
+
+    def __init__(self, guard: AddressGuard, *, verify: ssl.SSLContext | bool = True) -> None:
+        context = httpx.create_ssl_context(verify=verify)
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5.0)
+        super().__init__(verify=context, limits=limits, trust_env=False)
+        # httpx offers no network-backend option, but its transport only wraps an httpcore pool, and httpcore's
+        # pool takes one: swap in the same pool with the guarded backend. tests/test_skill_web.py fails if this
+        # ever stops taking effect (a name resolving to loopback would be fetched).
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=context, max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections, keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend(guard),
+        )
 
 
 def _outcome_error(state: RetryCallState) -> BaseException:

@@ -11,6 +11,8 @@ from telegram import Bot
 from telegram.error import TelegramError
 
 from aria.app import Aria, data_dir_writable
+from aria.config import Settings
+from aria.netguard import METADATA_ADDRESSES, REFUSED_SUMMARY
 
 Verdict = Literal["ok", "warn", "fail"]
 
@@ -36,9 +38,20 @@ async def run_checks(aria: Aria) -> list[Check]:
     checks.append(Check("skills", "fail" if aria.skills.broken else "ok",
                         "; ".join(f"{b.name}: {b.error}" for b in aria.skills.broken)
                         or f"{len(aria.skills.skills)} skills, {len(aria.skills.tools)} tools"))
+    checks.append(fetch_rule(settings))
     checks.append(await _bot_api(aria))
     checks += await _model_endpoint(aria)
     return checks
+
+
+def fetch_rule(settings: Settings) -> Check:
+    """The SSRF rule fetch_url and check_url follow: what is refused, and what ARIA_FETCH_ALLOW lets through."""
+    allow = settings.fetch_allowed
+    detail = f"fetch_url/check_url refuse {REFUSED_SUMMARY}; ARIA_FETCH_ALLOW allows {allow.describe()}"
+    opened = sorted(str(a) for a in METADATA_ADDRESSES if allow.allows_address(a))
+    if opened:
+        return Check("web fetch", "warn", f"{detail} (this lets cloud metadata through: {', '.join(opened)})")
+    return Check("web fetch", "ok", detail)
 
 
 async def _bot_api(aria: Aria) -> Check:

@@ -14,6 +14,7 @@
     └── ToolError              a tool failed; the loop records it and tells the model
         ├── ToolInputError         arguments did not validate: the model may correct once
         ├── ToolTimeout            the tool ran past its timeout
+        ├── AddressRefused         a URL leads to an address the web tools may not reach (loopback, private, ...)
         └── ConnectorDown          the service behind a tool is unreachable: degrade
 """
 
@@ -92,6 +93,10 @@ class ToolInputError(ToolError):
 
 class ToolTimeout(ToolError):
     """The tool did not finish within its timeout."""
+
+
+class AddressRefused(ToolError):
+    """A request would reach a loopback, private, link-local or metadata address ARIA_FETCH_ALLOW does not allow."""
 
 
 class ConnectorDown(ToolError):

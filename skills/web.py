@@ -3,6 +3,10 @@
 Both tools go through the `web` connector (retries, a breaker per host), follow at most five redirects by hand so
 every hop is checked for an http/https scheme, and read at most MAX_BYTES of a body, so a huge or endless response
 costs bounded memory and time.
+
+The connector is guarded (aria.netguard): loopback, private, link-local, metadata and other non-public addresses
+are refused, checked after DNS resolution on every connection, so on every redirect hop too, unless
+ARIA_FETCH_ALLOW allows the host or network. A refusal is an AddressRefused tool error the model reads.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import httpx
 from pydantic import BaseModel, Field
 
 from aria.connectors import Connector, last_status, safe_url
-from aria.errors import ConnectorDown, ToolError
+from aria.errors import AddressRefused, ConnectorDown, ToolError
 from aria.skills import ToolContext, tool
 
 log = logging.getLogger(__name__)
@@ -86,11 +90,11 @@ class _Opened:
 
 
 @tool(timeout=FETCH_TIMEOUT, risk="safe", keywords=("read", "fetch", "page", "text", "article"),
-      raises=(ToolError, ConnectorDown))
+      raises=(ToolError, AddressRefused, ConnectorDown))
 async def fetch_url(ctx: ToolContext, url: str,
                     max_chars: Annotated[int, Field(ge=200, le=20_000)] = 4000) -> FetchResult:
     """Fetch an http(s) URL and return its title and readable text (HTML reduced to the main text; plain text and
-    JSON as-is), trimmed to max_chars."""
+    JSON as-is), trimmed to max_chars. Loopback, private and cloud metadata addresses are refused."""
     _require_http(url)
     deadline = time.monotonic() + FETCH_TIMEOUT - _MARGIN
     async with _open(_connector(ctx), url, deadline, ctx.run_id) as opened:
@@ -112,10 +116,11 @@ async def fetch_url(ctx: ToolContext, url: str,
 
 
 @tool(timeout=CHECK_TIMEOUT, risk="safe", keywords=("check", "uptime", "down", "up", "status", "tls", "certificate"),
-      raises=(ToolError, ConnectorDown))
+      raises=(ToolError, AddressRefused, ConnectorDown))
 async def check_url(ctx: ToolContext, url: str) -> UrlCheck:
     """Check whether an http(s) URL is up: status, latency, redirects and, for https, TLS certificate expiry.
-    An unreachable site is reported as ok=false with the reason."""
+    An unreachable site is reported as ok=false with the reason; loopback, private and cloud metadata addresses
+    are refused."""
     _require_http(url)
     deadline = time.monotonic() + CHECK_TIMEOUT - _MARGIN
     started = time.monotonic()
@@ -145,7 +150,10 @@ def _connector(ctx: ToolContext) -> Connector:
     if ctx.connectors is None:
         raise ToolError("web access is not available: no HTTP connectors were configured")
     # A breaker per host: one dead site must not block every other site.
-    return ctx.connectors.get("web", per_host=True)
+    connector = ctx.connectors.get("web", per_host=True, guard=ctx.settings.fetch_allowed)
+    if connector.guard is None:  # someone made a "web" connector first, without the guard: never go unguarded
+        raise ToolError("web access is not available: the web connector has no address guard")
+    return connector
 
 
 def _require_http(url: str | httpx.URL) -> None:

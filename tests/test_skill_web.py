@@ -1,4 +1,8 @@
-"""The web skill, called through its ToolSpec against real servers on 127.0.0.1 (plain HTTP and self-signed TLS)."""
+"""The web skill, called through its ToolSpec against real servers on 127.0.0.1 (plain HTTP and self-signed TLS).
+
+Loopback is refused by default, so these tests allow 127.0.0.1 explicitly (ARIA_FETCH_ALLOW), which also proves
+the allow setting works; tests/test_skill_web_ssrf.py checks what is refused.
+"""
 
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ from aria.config import Settings
 from aria.connectors import Connectors
 from aria.errors import ToolError, ToolInputError
 from aria.ledger import Ledger
+from aria.netguard import Resolver, system_resolver
 from aria.skills import ToolContext, ToolSpec, load_skill_file
 from tests.conftest import START
 from tests.fakes.server import ServerThread
@@ -128,11 +133,12 @@ def sleeps() -> Sleeps:
     return Sleeps()
 
 
-def build_ctx(tmp_path: Path, clock: ManualClock, sleeps: Sleeps,
-              verify: ssl.SSLContext | bool = True) -> tuple[ToolContext, Connectors]:
+def build_ctx(tmp_path: Path, clock: ManualClock, sleeps: Sleeps, verify: ssl.SSLContext | bool = True,
+              allow: tuple[str, ...] = ("127.0.0.1",),
+              resolver: Resolver = system_resolver) -> tuple[ToolContext, Connectors]:
     ledger = Ledger.open(tmp_path / "aria.db", clock=clock)
-    connectors = Connectors(ledger, BreakerBoard(ledger), sleep=sleeps, verify=verify)
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    connectors = Connectors(ledger, BreakerBoard(ledger), sleep=sleeps, verify=verify, resolver=resolver)
+    settings = Settings(_env_file=None, fetch_allow=list(allow))  # type: ignore[call-arg]
     return ToolContext(settings=settings, ledger=ledger, clock=clock, connectors=connectors), connectors
 
 
