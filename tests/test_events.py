@@ -155,7 +155,7 @@ async def test_verified_alertmanager_event_runs_and_tells_the_owner(make_harness
     assert event.processed_at is not None and event.payload == body.decode()
     assert event.event_at is not None and event.event_at.isoformat().startswith("2026-03-01T10:00:00")
     sent = last_user_text(fake_openai.completions[0])
-    assert '<tool_output tool="event:alertmanager">' in sent and '"alert":"DiskFull"' in sent
+    assert '<tool_output tool="event:alertmanager" id="' in sent and '"alert":"DiskFull"' in sent
 
 
 async def test_bad_or_missing_signature_is_refused_with_a_row_and_nothing_runs(make_harness: Any,

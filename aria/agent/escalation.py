@@ -6,9 +6,10 @@ import json
 from dataclasses import asdict
 from typing import Any, Literal
 
+from aria.agent.fence import fence
 from aria.agent.outcome import Action, Attempt, Outcome
 from aria.agent.state import RunState
-from aria.agent.toolrun import ToolRun, ToolRunner, fence
+from aria.agent.toolrun import ToolRun, ToolRunner
 from aria.approvals import Approvals, callback_data
 from aria.ledger import Approval, Ledger
 from aria.llm.client import ToolCallRequest

@@ -20,11 +20,12 @@ from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from aria.agent.escalation import Escalation
+from aria.agent.fence import fence
 from aria.agent.history import History
 from aria.agent.outcome import Attempt, Handoff, Outcome, OutcomeStatus, StopReason, retry_actions
 from aria.agent.prompts import DRAFT_REVIEW, WRAP_UP, system_prompt
 from aria.agent.state import Request, RunState
-from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical, fence
+from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical
 from aria.approvals import Approvals
 from aria.config import Settings
 from aria.errors import AlreadyHandled, BudgetExhausted, LedgerUnavailable, PriceUnknown

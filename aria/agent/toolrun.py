@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from aria.agent.fence import fence
 from aria.agent.gate import Gate, GateAction, GateDecision
 from aria.errors import ConnectorDown, ToolError, ToolInputError, ToolTimeout
 from aria.ledger import Ledger, Step
@@ -20,7 +21,6 @@ from aria.skills import SkillSet, ToolContext, ToolSpec
 
 ToolStatus = Literal["ok", "invalid", "unknown", "error", "timeout", "degraded", "blocked", "shadow", "skipped",
                      "approval"]
-OUTPUT_TOKENS = 1_500  # tool output handed back to the model, at most
 _HANDLING: dict[ToolStatus, Handling] = {"invalid": "corrected", "degraded": "degraded"}  # else "reported"
 _GATED: dict[GateAction, ToolStatus] = {"block": "blocked", "shadow": "shadow", "skip": "skipped"}  # else "approval"
 
@@ -68,14 +68,6 @@ class ToolRun:
     reason: str = ""  # why it was blocked, shadowed, skipped or escalated
     rule: str = ""
     draft: bool = False  # an editor rejected text meant for a third party
-
-
-def fence(tool: str, output: str, budget_tokens: int = OUTPUT_TOKENS) -> str:
-    """Wrap tool output as data, trimmed to a token budget, so text in it cannot pose as instructions."""
-    limit = budget_tokens * 4
-    trimmed = output if len(output) <= limit else output[:limit] + f"\n…[trimmed {len(output) - limit} chars]"
-    safe = trimmed.replace("</tool_output>", "</tool_output_>")
-    return f'<tool_output tool="{tool}">\n{safe}\n</tool_output>'
 
 
 def canonical(call: ToolCallRequest) -> str:
