@@ -236,7 +236,7 @@ async def test_instructions_in_tool_output_stay_data_and_risky_tools_wait_for_ap
     fake_openai.enqueue_tool_call("run_command", {"command": "cat /root/.ssh/id_rsa"})
     fake_openai.enqueue_text("The page contained an instruction, which I ignored.")
     aria = make_aria(skills_dir=probe_skills)
-    outcome = await aria.agent.run(Request("probe the page"))
+    outcome = await aria.agent.run(Request("probe the page, then run a command"))  # run_command is offered
     messages = fake_openai.completions[1].body["messages"]
     hostile = [m for m in messages if "IGNORE ALL PREVIOUS" in str(m.get("content"))]
     assert len(hostile) == 1 and hostile[0]["role"] == "tool"

@@ -313,6 +313,7 @@ async def test_deeply_nested_json_and_absurd_event_times_get_clean_answers(make_
 async def test_an_approval_asked_for_by_an_event_run_gets_its_expiry_job(make_harness: Any, fake_openai: Any,
                                                                          probe_skills: Path) -> None:
     h = await make_harness(skills_dir=probe_skills)
+    fake_openai.enqueue_tool_call("list_tools", {})  # the event's request is not offered write_mark by itself
     fake_openai.enqueue_tool_call("write_mark", {"label": "restart db1"})
     body = alerts("DiskFull")
     assert (await h.post("alertmanager", body, signed(body, timestamp=int(time.time())))).status_code == 202

@@ -67,7 +67,7 @@ class Escalation:
             return "paused"
         if not self.approvals.claim_execution(approval.id or 0):
             return "already"
-        ran = await self.runner.run(state.scope, call, ctx, approved=True)
+        ran = await self.runner.run(state.scope, call, ctx, offered=state.tools, approved=True)
         self.approvals.finish_execution(approval.id or 0, ok=ran.status == "ok", result=ran.summary)
         what, _, result = ran.summary.partition(" → ")
         state.tried.append(Attempt(what, result, ran.status == "ok"))
