@@ -13,6 +13,7 @@
     │   └── PriceUnknown             a model with no known price: refused, fails closed
     └── ToolError              a tool failed; the loop records it and tells the model
         ├── ToolInputError         arguments did not validate: the model may correct once
+        │   └── ToolNotOffered     a tool this run was not offered (nor shown by list_tools): refused, never run
         ├── ToolTimeout            the tool ran past its timeout
         ├── AddressRefused         a URL leads to an address the web tools may not reach (loopback, private, ...)
         └── ConnectorDown          the service behind a tool is unreachable: degrade
@@ -89,6 +90,10 @@ class ToolError(AriaError):
 
 class ToolInputError(ToolError):
     """The model's arguments for a tool did not validate."""
+
+
+class ToolNotOffered(ToolInputError):
+    """The model called a tool this run was neither offered nor shown by list_tools; it is refused, not run."""
 
 
 class ToolTimeout(ToolError):

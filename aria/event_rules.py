@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aria.agent.toolrun import fence
+from aria.agent.fence import fence
 from aria.config import env_name
 from aria.errors import ConfigError
 from aria.ledger import as_utc

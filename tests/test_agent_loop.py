@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -235,11 +236,12 @@ async def test_instructions_in_tool_output_stay_data_and_risky_tools_wait_for_ap
     fake_openai.enqueue_tool_call("run_command", {"command": "cat /root/.ssh/id_rsa"})
     fake_openai.enqueue_text("The page contained an instruction, which I ignored.")
     aria = make_aria(skills_dir=probe_skills)
-    outcome = await aria.agent.run(Request("probe the page"))
+    outcome = await aria.agent.run(Request("probe the page, then run a command"))  # run_command is offered
     messages = fake_openai.completions[1].body["messages"]
     hostile = [m for m in messages if "IGNORE ALL PREVIOUS" in str(m.get("content"))]
     assert len(hostile) == 1 and hostile[0]["role"] == "tool"
-    assert hostile[0]["content"].startswith('<tool_output tool="page_probe">')
+    assert re.fullmatch(r'<tool_output tool="page_probe" id="([0-9a-f]{16})">\n.*\n</tool_output id="\1">',
+                        hostile[0]["content"], re.DOTALL)
     assert messages[0]["role"] == "system" and "untrusted data" in messages[0]["content"]
     shell = [(s.kind, s.status) for s in aria.ledger.steps(outcome.run_id) if s.name == "run_command"]
     assert shell == [("guard", "ok")]  # held at the gate, never executed

@@ -162,7 +162,7 @@ async def test_verified_alertmanager_event_runs_and_tells_the_owner(make_harness
     assert event.processed_at is not None and event.payload == body.decode()
     assert event.event_at is not None and event.event_at.isoformat().startswith("2026-03-01T10:00:00")
     sent = last_user_text(fake_openai.completions[0])
-    assert '<tool_output tool="event:alertmanager">' in sent and '"alert":"DiskFull"' in sent
+    assert '<tool_output tool="event:alertmanager" id="' in sent and '"alert":"DiskFull"' in sent
 
 
 async def test_bad_or_missing_signature_is_refused_with_a_row_and_nothing_runs(make_harness: Any,
@@ -320,6 +320,7 @@ async def test_deeply_nested_json_and_absurd_event_times_get_clean_answers(make_
 async def test_an_approval_asked_for_by_an_event_run_gets_its_expiry_job(make_harness: Any, fake_openai: Any,
                                                                          probe_skills: Path) -> None:
     h = await make_harness(skills_dir=probe_skills)
+    fake_openai.enqueue_tool_call("list_tools", {})  # the event's request is not offered write_mark by itself
     fake_openai.enqueue_tool_call("write_mark", {"label": "restart db1"})
     body = alerts("DiskFull")
     assert (await h.post("alertmanager", body, signed(body, timestamp=int(time.time())))).status_code == 202

@@ -6,9 +6,10 @@ import json
 from dataclasses import asdict
 from typing import Any, Literal
 
+from aria.agent.fence import fence
 from aria.agent.outcome import Action, Attempt, Outcome
 from aria.agent.state import RunState
-from aria.agent.toolrun import ToolRun, ToolRunner, fence
+from aria.agent.toolrun import ToolRun, ToolRunner
 from aria.approvals import Approvals, callback_data
 from aria.ledger import Approval, Ledger
 from aria.llm.client import ToolCallRequest
@@ -66,7 +67,7 @@ class Escalation:
             return "paused"
         if not self.approvals.claim_execution(approval.id or 0):
             return "already"
-        ran = await self.runner.run(state.scope, call, ctx, approved=True)
+        ran = await self.runner.run(state.scope, call, ctx, offered=state.tools, approved=True)
         self.approvals.finish_execution(approval.id or 0, ok=ran.status == "ok", result=ran.summary)
         what, _, result = ran.summary.partition(" → ")
         state.tried.append(Attempt(what, result, ran.status == "ok"))

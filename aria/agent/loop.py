@@ -1,8 +1,9 @@
 """The budgeted tool loop. Every stop condition is in `_loop` and `_handle_calls`; every stop produces a message.
 
 Stops: a final answer; the model's `handoff`; a cap (budget, steps, seconds) after one tool-less wrap-up call if it
-fits; no progress (the same call repeated); every model failing; invalid tool arguments after one correction; an
-action that waits for the owner's approval (the run resumes after the press, in this process or the next).
+fits; no progress (the same call repeated); every model failing; invalid tool calls (bad arguments, or a tool this run
+was not offered) after one correction; an action that waits for the owner's approval (the run resumes after the
+press, in this process or the next).
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from aria.agent.escalation import Escalation
+from aria.agent.fence import fence
 from aria.agent.history import History
 from aria.agent.outcome import Attempt, Handoff, Outcome, OutcomeStatus, StopReason, retry_actions
 from aria.agent.prompts import DRAFT_REVIEW, WRAP_UP, system_prompt
 from aria.agent.state import Request, RunState
-from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical, fence
+from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical
 from aria.approvals import Approvals
 from aria.config import Settings
 from aria.errors import AlreadyHandled, BudgetExhausted, LedgerUnavailable, PriceUnknown
@@ -271,7 +273,8 @@ class Agent:
                 continue
             if progress is not None:
                 await progress(f"Working: {call.name}…")
-            ran = await self.tools.run(state.scope, call, self._context(state.scope.run_id, state.request))
+            ran = await self.tools.run(state.scope, call, self._context(state.scope.run_id, state.request),
+                                       offered=state.tools)
             if ran.status == "approval":
                 return self.escalation.suspend(state, call, ran)
             stop = self._absorb(state, call, ran)
@@ -294,10 +297,10 @@ class Agent:
             state.blocked.append(f"a draft for {call.name} was sent back by rule '{ran.rule}': {ran.reason}")
         elif ran.status == "blocked":
             state.blocked.append(f"{call.name} was blocked by policy rule '{ran.rule}': {ran.reason}")
-        if ran.status in ("invalid", "unknown"):
+        if ran.status in ("invalid", "unknown", "unoffered"):
             state.corrections += 1
-            if state.corrections > 1 and not self._escalate(state, "invalid tool arguments"):
-                return self._handoff(state.scope, state.tried, "the model kept sending invalid tool arguments "
+            if state.corrections > 1 and not self._escalate(state, "invalid tool calls"):
+                return self._handoff(state.scope, state.tried, "the model kept sending invalid tool calls "
                                      "after one correction", "invalid_arguments")
         state.messages.append(_tool_message(call, ran.content))
         return None

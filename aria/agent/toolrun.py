@@ -5,22 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from aria.agent.fence import fence
 from aria.agent.gate import Gate, GateAction, GateDecision
-from aria.errors import ConnectorDown, ToolError, ToolInputError, ToolTimeout
+from aria.errors import ConnectorDown, ToolError, ToolInputError, ToolNotOffered, ToolTimeout
 from aria.ledger import Ledger, Step
 from aria.ledger.models import Handling, StepStatus
 from aria.llm.client import CallScope, ToolCallRequest
 from aria.skills import SkillSet, ToolContext, ToolSpec
 
-ToolStatus = Literal["ok", "invalid", "unknown", "error", "timeout", "degraded", "blocked", "shadow", "skipped",
-                     "approval"]
-OUTPUT_TOKENS = 1_500  # tool output handed back to the model, at most
+ToolStatus = Literal["ok", "invalid", "unknown", "unoffered", "error", "timeout", "degraded", "blocked", "shadow",
+                     "skipped", "approval"]
 _HANDLING: dict[ToolStatus, Handling] = {"invalid": "corrected", "degraded": "degraded"}  # else "reported"
 _GATED: dict[GateAction, ToolStatus] = {"block": "blocked", "shadow": "shadow", "skip": "skipped"}  # else "approval"
 
@@ -70,14 +70,6 @@ class ToolRun:
     draft: bool = False  # an editor rejected text meant for a third party
 
 
-def fence(tool: str, output: str, budget_tokens: int = OUTPUT_TOKENS) -> str:
-    """Wrap tool output as data, trimmed to a token budget, so text in it cannot pose as instructions."""
-    limit = budget_tokens * 4
-    trimmed = output if len(output) <= limit else output[:limit] + f"\n…[trimmed {len(output) - limit} chars]"
-    safe = trimmed.replace("</tool_output>", "</tool_output_>")
-    return f'<tool_output tool="{tool}">\n{safe}\n</tool_output>'
-
-
 def canonical(call: ToolCallRequest) -> str:
     """A stable key for "the same call again" (argument order and spacing ignored)."""
     try:
@@ -106,16 +98,22 @@ class ToolRunner:
         # Optional model review of drafts for third parties: returns an objection, or None to let it pass.
         self.reviewer: Callable[[CallScope, str], Awaitable[str | None]] | None = None
 
-    async def run(self, scope: CallScope, call: ToolCallRequest, ctx: ToolContext, *,
+    async def run(self, scope: CallScope, call: ToolCallRequest, ctx: ToolContext, *, offered: Collection[str],
                   approved: bool = False) -> ToolRun:
         """Handle one call; never raises for tool-side problems (they go back to the model as data).
 
-        The gate decides first (policy, autonomy, pause) unless the owner already approved this exact call.
+        Only a tool in `offered` (the tools this run sent the model, or list_tools showed it) can run: any other
+        call is refused before the gate, so it never reaches the approval queue. Then the gate decides (policy,
+        autonomy, pause) unless the owner already approved this exact call.
         """
         spec = self.skills.tools.get(call.name)
         if spec is None:
-            known = ", ".join(sorted(self.skills.tools)) or "none"
-            return self._refuse(scope, call, "unknown", f"unknown tool {call.name!r}; available: {known}")
+            known = ", ".join(sorted(offered)) or "none"
+            return self._refuse(scope, call, "unknown", ToolInputError(f"unknown tool {call.name!r}; offered: {known}"))
+        if call.name not in offered:
+            return self._refuse(scope, call, "unoffered", ToolNotOffered(
+                f"{call.name!r} was not offered for this request, so it was not run; use the offered tools, or call "
+                "list_tools first if the owner's request needs another"))
         started = time.monotonic()
         try:
             arguments = _parse_arguments(spec, call.arguments)
@@ -189,13 +187,18 @@ class ToolRunner:
         return ToolRun(status, fence(call.name, told) if told else "", f"{call.name} → {status}: {decision.reason}",
                        arguments=arguments, reason=decision.reason, rule=decision.rule, draft=decision.draft)
 
-    def _refuse(self, scope: CallScope, call: ToolCallRequest, status: ToolStatus, message: str) -> ToolRun:
+    def _refuse(self, scope: CallScope, call: ToolCallRequest, status: ToolStatus, error: ToolInputError) -> ToolRun:
+        """Record a call to a tool this run may not use (unknown, or not offered) and tell the model so."""
+        spec = self.skills.tools.get(call.name)
+        error_type = "UnknownTool" if status == "unknown" else type(error).__name__
         step_id = self.ledger.add_step(Step(
-            run_id=scope.run_id, seq=next(scope.seq), kind="tool", name=call.name[:64], status="refused",
-            started_at=self.ledger.now(), error_type="UnknownTool", args=call.arguments[:500], result=message,
+            run_id=scope.run_id, seq=next(scope.seq), kind="tool", name=call.name[:64],
+            skill=spec.skill if spec else None, status="refused", started_at=self.ledger.now(),
+            error_type=error_type, args=call.arguments[:500], result=str(error),
         ))
-        self.ledger.add_failure("tool", ToolInputError(message), "corrected", run_id=scope.run_id, step_id=step_id)
-        return ToolRun(status, f"ERROR: {message}", f"{call.name} → unknown tool")
+        self.ledger.add_failure("tool", error, "corrected", run_id=scope.run_id, step_id=step_id)
+        what = "unknown tool" if status == "unknown" else "not offered: refused"
+        return ToolRun(status, f"ERROR: {error}", f"{call.name} → {what}")
 
     def _step(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, status: StepStatus, started: float, *,
               result: str, error: Exception | None = None, step_id: int | None = None) -> int:
