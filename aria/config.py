@@ -10,6 +10,7 @@ import datetime as dt
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -236,10 +237,28 @@ class Settings(BaseSettings):
         return f"{self.telegram_api_url}/bot"
 
     def secrets(self) -> list[str]:
-        """Every secret value, so log filters and error texts can scrub them."""
+        """Every secret value, so log filters and error texts can scrub them. A URL that is a secret also gives the
+        credentials inside it, which can show up on their own (a password, a token in the path or query)."""
         found = [self.telegram_bot_token, self.openai_api_key, self.webhook_secret, self.smtp_url,
                  self.outbound_webhook_url, *self.event_secrets.values()]
-        return [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
+        values = [s.get_secret_value() for s in found if s is not None and s.get_secret_value()]
+        for url in (self.smtp_url, self.outbound_webhook_url):
+            if url is not None:
+                values += url_credentials(url.get_secret_value())
+        return list(dict.fromkeys(values))
+
+
+TOKEN_CHARS = 16  # a path segment or query value this long in a secret URL is taken for a token
+
+
+def url_credentials(url: str) -> list[str]:
+    """The parts of a secret URL that are credentials on their own: the password, and path segments and query
+    values long enough to be tokens (a webhook URL's token usually sits in its path)."""
+    parts = urlsplit(url)
+    found = [unquote(parts.password)] if parts.password else []
+    found += [unquote(segment) for segment in parts.path.split("/") if len(segment) >= TOKEN_CHARS]
+    found += [value for _, value in parse_qsl(parts.query) if len(value) >= TOKEN_CHARS]
+    return found
 
 
 # Field name -> the environment variable a user sets, for error messages.

@@ -158,3 +158,12 @@ def test_shell_env_names_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ARIA_SHELL_ENV", "NOT A NAME")
     with pytest.raises(ConfigError, match="ARIA_SHELL_ENV: 'NOT A NAME' is not an environment variable name"):
         load_settings()
+
+
+def test_credentials_inside_secret_urls_are_secrets_on_their_own(make_settings: Any) -> None:
+    settings = make_settings(
+        outbound_webhook_url="https://hooks.example/services/T0KEN-abcdefghijklmnop?sig=0123456789abcdefXYZ",
+        smtp_url="smtp://aria:hunter2-password@mail.example:587")
+    secrets = settings.secrets()
+    assert "T0KEN-abcdefghijklmnop" in secrets and "0123456789abcdefXYZ" in secrets
+    assert "hunter2-password" in secrets and "services" not in secrets
