@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     smtp_url: SecretStr | None = None  # smtp://user:password@host:587 or smtps://...
     smtp_from: str | None = None
     outbound_webhook_url: SecretStr | None = None
-    draft_review: bool = False
+    draft_review: bool = True  # the editor (cheap model) reviews drafts for third parties; off only by setting
 
     # Approvals, policy, alerts
     approval_ttl_hours: float = Field(default=24.0, gt=0)

@@ -72,7 +72,11 @@ class Policy:
         return ALLOW
 
     def check_recipient(self, recipient: str) -> Verdict:
-        """Outbound messages go only to allowlisted recipients."""
+        """Outbound messages go to allowlisted recipients; others are blocked. With no allowlist at all, every
+        recipient asks the owner (an empty list means "ask", not "block")."""
+        if not self.recipients:
+            return Verdict("escalate", "recipients", f"no recipient allowlist is set, so sending to {recipient} "
+                           "needs your approval")
         if any(fnmatch.fnmatchcase(recipient.lower(), p.lower()) for p in self.recipients):
             return ALLOW
         return Verdict("block", "recipients", f"{recipient} is not on the recipient allowlist")

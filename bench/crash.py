@@ -280,6 +280,8 @@ def outbox(h: Harness, ask: Ask) -> None:
 def _ask_for(h: Harness, ask: Ask, tool: str, *, wait: bool = False) -> dict[str, Any] | None:
     ask.label = f"m{ask.token}"
     h.model.enqueue_tool_call(tool, {"label": ask.label})
+    if tool == "write_mark":  # its label is a draft for a third party: the editor reviews it first
+        h.model.enqueue_text("PASS")
     h.model.enqueue_text(f"Done: marked {ask.label}.")
     h.telegram.add_message(ask.text, user_id=OWNER)
     return h.shown(ask.label, 10.0) if wait else None

@@ -48,6 +48,7 @@ async def shown(fake_telegram: Any, needle: str, count: int = 1) -> list[Any]:
 async def _ask(fake_telegram: Any, fake_openai: Any, label: str = "deploy") -> Any:
     """The owner asks; the model wants the risky probe; the approval message arrives."""
     fake_openai.enqueue_tool_call("write_mark", {"label": label})
+    fake_openai.enqueue_text("PASS")  # the editor's review of the draft
     fake_openai.enqueue_text(f"Done: marked {label}.")
     fake_telegram.add_message("probe and mark it", user_id=OWNER)
     (call,) = await shown(fake_telegram, "Approval needed")

@@ -322,6 +322,7 @@ async def test_an_approval_asked_for_by_an_event_run_gets_its_expiry_job(make_ha
     h = await make_harness(skills_dir=probe_skills)
     fake_openai.enqueue_tool_call("list_tools", {})  # the event's request is not offered write_mark by itself
     fake_openai.enqueue_tool_call("write_mark", {"label": "restart db1"})
+    fake_openai.enqueue_text("PASS")  # the editor's review of the draft
     body = alerts("DiskFull")
     assert (await h.post("alertmanager", body, signed(body, timestamp=int(time.time())))).status_code == 202
     await h.ingress.drain()

@@ -92,6 +92,7 @@ async def test_a_tool_revealed_by_list_tools_in_the_same_run_is_allowed(make_ari
                                                                        probe_skills: Path) -> None:
     fake_openai.enqueue_tool_call("list_tools", {})
     fake_openai.enqueue_tool_call("write_mark", {"label": "after list"})
+    fake_openai.enqueue_text("PASS")  # the editor's review of the draft
     fake_openai.enqueue_text("Marked.")
     aria = make_aria(skills_dir=probe_skills)
     outcome = await aria.agent.run(Request("how full is the disk?"))
@@ -107,6 +108,7 @@ async def test_a_run_resumed_after_an_approval_keeps_its_offered_tools(make_aria
                                                                       probe_skills: Path, tmp_path: Path) -> None:
     pwned = tmp_path / "pwned"
     fake_openai.enqueue_tool_call("write_mark", {"label": "ok"})
+    fake_openai.enqueue_text("PASS")  # the editor's review of the draft
     fake_openai.enqueue_tool_call("run_command", {"command": f"touch {pwned}"})
     fake_openai.enqueue_text("Marked; I did not run the command.")
     aria = make_aria(skills_dir=probe_skills)
@@ -114,6 +116,6 @@ async def test_a_run_resumed_after_an_approval_keeps_its_offered_tools(make_aria
     assert first.status == "awaiting_approval" and "run_command" not in _offered(fake_openai.completions[0])
     resumed = await _approve_and_resume(aria)
     assert resumed.status == "ok" and marks(aria.settings.data_dir) == ["ok"]
-    assert "run_command" not in _offered(fake_openai.completions[1])
+    assert "run_command" not in _offered(fake_openai.completions[2])  # [1] is the editor's review
     steps = [(s.kind, s.status) for s in aria.ledger.steps(first.run_id) if s.name == "run_command"]
     assert steps == [("tool", "refused")] and not pwned.exists() and len(_approvals(aria)) == 1

@@ -93,6 +93,7 @@ async def test_email_is_sent_after_approval(make_aria: MakeAria, fake_openai: An
     aria = make_aria(smtp_url=f"smtp://127.0.0.1:{port}", smtp_from="aria@owner.example", policy_file=policy_file)
     fake_openai.enqueue_tool_call("send_message", {"to": "bob@example.com", "subject": "Maintenance",
                                                    "body": "The site is down for maintenance at 22:00."})
+    fake_openai.enqueue_text("PASS")  # the editor's review
     fake_openai.enqueue_text("Sent to Bob.")
     outcome = await aria.agent.run(Request("email bob about the maintenance"))
     assert mailbox.messages == []  # waits for the owner
@@ -108,6 +109,7 @@ async def test_webhook_target_gets_the_message_with_an_idempotency_key(make_aria
     received, url = webhook_target
     aria = make_aria(outbound_webhook_url=url, policy_file=policy_file)
     fake_openai.enqueue_tool_call("send_message", {"to": "webhook", "body": "Deploy finished."})
+    fake_openai.enqueue_text("PASS")
     fake_openai.enqueue_text("Posted.")
     final = await _approve_latest(aria, await aria.agent.run(Request("send a message to the webhook")))
     assert final.text == "Posted."
@@ -142,14 +144,13 @@ async def test_model_review_can_reject_a_draft_within_the_budget(make_aria: Make
                                                                  smtp: tuple[Mailbox, int],
                                                                  policy_file: Path) -> None:
     mailbox, port = smtp
-    aria = make_aria(smtp_url=f"smtp://127.0.0.1:{port}", smtp_from="aria@owner.example", policy_file=policy_file,
-                     draft_review=True)
+    aria = make_aria(smtp_url=f"smtp://127.0.0.1:{port}", smtp_from="aria@owner.example", policy_file=policy_file)
     fake_openai.enqueue_tool_call("send_message", {"to": "bob@example.com", "body": "Our DB password is hunter2."})
-    fake_openai.enqueue_text("FAIL: leaks an internal password")
+    fake_openai.enqueue_text("REJECT: leak: leaks an internal password")
     fake_openai.enqueue_text("I won't send that.")
     outcome = await aria.agent.run(Request("email bob the details"))
     assert outcome.text.startswith("I won't send that.") and mailbox.messages == []
-    assert "sent back by rule 'draft-review': leaks an internal password" in outcome.text
+    assert "sent back by rule 'editor-review': leak: leaks an internal password" in outcome.text
     told = fake_openai.completions[2].body["messages"][-1]["content"]
     assert "leaks an internal password" in told
     run = aria.ledger.run(outcome.run_id or 0)

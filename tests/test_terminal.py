@@ -36,6 +36,7 @@ async def test_data_commands_work_without_a_model(make_settings: Callable[..., A
 async def test_approvals_are_decided_by_command(make_aria: MakeAria, fake_openai: Any, probe_skills: Path) -> None:
     aria = make_aria(skills_dir=probe_skills)
     fake_openai.enqueue_tool_call("write_mark", {"label": "terminal"})
+    fake_openai.enqueue_text("PASS")  # the editor's review of the draft
     fake_openai.enqueue_text("Marked.")
     out = io.StringIO()
     await chat(aria, io.StringIO("probe and mark\n/approve 1\n/approve 1\n"), out)

@@ -20,11 +20,11 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import Connection
 
+from aria.agent.editor import Editor
 from aria.agent.escalation import Escalation
-from aria.agent.fence import fence
 from aria.agent.history import History
 from aria.agent.outcome import Attempt, Handoff, Outcome, OutcomeStatus, StopReason, retry_actions
-from aria.agent.prompts import DRAFT_REVIEW, WRAP_UP, system_prompt
+from aria.agent.prompts import WRAP_UP, system_prompt
 from aria.agent.state import Request, RunState
 from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical
 from aria.approvals import Approvals
@@ -64,7 +64,7 @@ class Agent:
         self._context = context_factory
         self.active: set[int] = set()  # runs this process is working on now
         if settings.draft_review and caller is not None:
-            runner.reviewer = self._review_draft
+            runner.reviewer = Editor(caller, router.cheap).review
 
     async def run(self, request: Request, progress: Progress | None = None, *, reply: Reply | None = None) -> Outcome:
         """Handle one request end to end; always returns an Outcome (cancellation marks the run interrupted).
@@ -235,19 +235,6 @@ class Agent:
                                   name="escalate", status="ok", started_at=self.ledger.now(),
                                   result=f"to {self.router.strong}: {why}"))
         return True
-
-    async def _review_draft(self, scope: CallScope, draft: str) -> str | None:
-        """The optional model review of a draft for a third party, within the run's budget: None means pass."""
-        assert self.caller is not None
-        messages = [{"role": "system", "content": DRAFT_REVIEW}, {"role": "user", "content": fence("draft", draft)}]
-        try:
-            result = await self.caller.chat(scope, messages, [], [self.router.cheap], want_tokens=80, min_tokens=8)
-        except (BudgetExhausted, AllModelsFailed, PriceUnknown):
-            return "the draft could not be reviewed within the budget"
-        verdict = (result.text or "").strip()
-        if verdict.upper().startswith("PASS"):
-            return None
-        return verdict.partition(":")[2].strip() or "the reviewer did not pass it"
 
     def _schemas(self, state: RunState) -> list[dict[str, Any]]:
         return [HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, *(spec.schema() for spec in state.tools.values())]

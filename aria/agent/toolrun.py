@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from aria.agent.editor import RULE as EDITOR_RULE
+from aria.agent.editor import Review
 from aria.agent.fence import fence
 from aria.agent.gate import Gate, GateAction, GateDecision
 from aria.errors import ConnectorDown, ToolError, ToolInputError, ToolNotOffered, ToolTimeout
@@ -95,8 +97,8 @@ class ToolRunner:
         self.skills = skills
         self.ledger = ledger
         self.gate = gate
-        # Optional model review of drafts for third parties: returns an objection, or None to let it pass.
-        self.reviewer: Callable[[CallScope, str], Awaitable[str | None]] | None = None
+        # The editor's model review of drafts for third parties (ARIA_DRAFT_REVIEW); None when it is off.
+        self.reviewer: Callable[[CallScope, str], Awaitable[Review]] | None = None
 
     async def run(self, scope: CallScope, call: ToolCallRequest, ctx: ToolContext, *, offered: Collection[str],
                   approved: bool = False) -> ToolRun:
@@ -123,12 +125,26 @@ class ToolRunner:
             data = arguments.model_dump(mode="json")
             decision = self.gate.decide(spec, data)
             if decision.action in ("run", "approve") and self.reviewer is not None and spec.outbound_text_args:
-                objection = await self.reviewer(scope, " ".join(str(data.get(a, "")) for a in spec.outbound_text_args))
-                if objection:
-                    decision = GateDecision("block", objection, "draft-review", draft=True)
+                decision = await self._reviewed(scope, spec, data, decision)
             if decision.action != "run":
                 return self._gated(scope, call, spec, decision, data)
         return await self._execute(scope, call, spec, ctx, arguments, started)
+
+    async def _reviewed(self, scope: CallScope, spec: ToolSpec, data: dict[str, Any],
+                        decision: GateDecision) -> GateDecision:
+        """The gate's decision after the editor read the draft (it passed the text rules): unchanged when the editor
+        passes it, a draft rejection to revise when it does not, and the owner's approval when no review could be
+        made: unreviewed text never goes out on its own."""
+        assert self.reviewer is not None
+        draft = "\n".join(f"{name}: {data[name]}" for name in spec.outbound_text_args
+                          if isinstance(data.get(name), str))
+        review = await self.reviewer(scope, draft)
+        if review.verdict == "pass":
+            return decision
+        if review.verdict == "reject":
+            return GateDecision("block", review.reason, EDITOR_RULE, draft=True)
+        why = f"the editor review could not be done ({review.reason}), so check the text yourself"
+        return GateDecision("approve", f"{decision.reason}; {why}" if decision.reason else why, EDITOR_RULE)
 
     async def _execute(self, scope: CallScope, call: ToolCallRequest, spec: ToolSpec, ctx: ToolContext,
                        arguments: BaseModel, started: float) -> ToolRun:
