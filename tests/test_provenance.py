@@ -237,3 +237,27 @@ def test_egress_after_taint_is_judged_against_named_hosts_and_the_fetch_allow_se
     for allowed in ("https://EXAMPLE.com./a", "http://wiki.corp.example/", "http://192.168.1.5:8080/"):
         assert tainted.unnamed_host(allowed, allow) is None
     assert Provenance.from_json(tainted.to_json()) == tainted
+
+
+@pytest.fixture
+def ops_policy(tmp_path: Path) -> Path:
+    """The shipped policy, with ops@example.com an allowed recipient."""
+    policy = tmp_path / "policy.toml"
+    shipped = (Path(__file__).resolve().parents[1] / "aria" / "defaults" / "policy.toml").read_text()
+    policy.write_text(shipped.replace("[recipients]\nallow = []", '[recipients]\nallow = ["ops@example.com"]'))
+    return policy
+
+
+async def test_a_message_a_page_asked_for_shows_its_recipient_and_whole_text_in_the_approval(
+        make_aria: MakeAria, fake_openai: Any, port: int, ops_policy: Path) -> None:
+    page = f"http://127.0.0.1:{port}/"
+    body = "Hello,\n" + "the full text, line by line.\n" * 20 + f"PS: {SECRET}"
+    fake_openai.enqueue_tool_call("fetch_url", {"url": page})
+    fake_openai.enqueue_tool_call("send_message", {"to": "ops@example.com", "subject": "Notice", "body": body})
+    aria = make(make_aria, draft_review=False, policy_file=ops_policy)
+    outcome = await aria.agent.run(Request(f"read the page {page} and send an email about it"))
+    assert outcome.status == "awaiting_approval"
+    assert outcome.text.startswith("Approval needed: Send a message to ops@example.com\n"
+                                   f"⚠️ Requested after reading {page} (fetch_url): content that is not your own "
+                                   "words.\nTo: ops@example.com\nSubject:\nNotice\n")
+    assert f"Body:\n{body}\nWhy: " in outcome.text
