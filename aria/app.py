@@ -90,7 +90,7 @@ class Aria:
                         settings.cheap_only_share)
         client, caller = _model_caller(settings, ledger, budget, board, sleep)
         policy = load_policy(settings.policy_file)
-        gate = Gate(ledger, policy, allow_risky_auto=settings.allow_risky_auto)
+        gate = Gate(ledger, policy, allow_risky_auto=settings.allow_risky_auto, fetch_allow=settings.fetch_allowed)
         approvals = Approvals(ledger, settings.approval_ttl_hours)
         runner = ToolRunner(skills, ledger, gate)
         agent = Agent(settings, ledger, skills, budget, caller, router, runner=runner, approvals=approvals,

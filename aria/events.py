@@ -274,7 +274,8 @@ class EventIngress:
         # its run is recovered, never both.
         await self._aria.runs.handle(
             Request(render(item.source, rule, found, item.event_at, late), trigger="event", channel="webhook",
-                    chat_id=owner, intake_id=item.event_id), self._channel, notify=rule.notify, live=False)
+                    chat_id=owner, intake_id=item.event_id, sources=(f"an event from {item.source} (webhook)",)),
+            self._channel, notify=rule.notify, live=False)
 
     def _finish(self, event_id: int, run_id: int | None) -> None:
         with self._ledger.write() as session:

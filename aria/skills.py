@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 Risk = Literal["safe", "risky"]
 Autonomy = Literal["shadow", "ask", "auto"]
+# Where a tool's output comes from when it is not the owner's own words: it taints the run that reads it.
+Reads = Literal["web", "event", "document", "forward", "mcp", "notes"]
 _TOOL_ATTR = "__aria_tool__"
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -73,6 +75,15 @@ class ToolSpec:
     command_arg: str | None = None
     recipient_arg: str | None = None
     outbound_text_args: tuple[str, ...] = ()
+    # Provenance: what untrusted content the tool brings in, and the argument naming the URL it reads from or sends
+    # a request to (its source, and the host the egress check judges).
+    reads: Reads | None = None
+    url_arg: str | None = None
+
+    def source(self, arguments: dict[str, Any]) -> str:
+        """Where this call's output comes from, for people: "https://host/path (fetch_url)"."""
+        where = arguments.get(self.url_arg) if self.url_arg else None
+        return f"{where} ({self.name})" if isinstance(where, str) and where else f"{self.reads} content ({self.name})"
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI function-tool definition, compact: no titles, no empty fields."""
@@ -113,17 +124,21 @@ def tool(
     command_arg: str | None = None,
     recipient_arg: str | None = None,
     outbound_text_args: tuple[str, ...] = (),
+    reads: Reads | None = None,
+    url_arg: str | None = None,
 ) -> Callable[[Callable[..., Awaitable[Any] | Any]], Callable[..., Any]]:
     """Declare a function as a tool. Risky tools default to `ask` autonomy, safe ones to `auto`.
 
-    `command_arg`, `recipient_arg` and `outbound_text_args` name the arguments the policy checks.
+    `command_arg`, `recipient_arg` and `outbound_text_args` name the arguments the policy checks. `reads` says
+    what untrusted content the tool's output is (a run that reads it is tainted), and `url_arg` names the argument
+    holding the URL the tool sends a request to: its source, and the host the egress check judges.
     """
 
     def mark(func: Callable[..., Any]) -> Callable[..., Any]:
         setattr(func, _TOOL_ATTR, {
             "timeout": timeout, "risk": risk, "autonomy": autonomy or ("ask" if risk == "risky" else "auto"),
             "raises": raises, "keywords": keywords, "command_arg": command_arg, "recipient_arg": recipient_arg,
-            "outbound_text_args": outbound_text_args,
+            "outbound_text_args": outbound_text_args, "reads": reads, "url_arg": url_arg,
         })
         return func
 
@@ -156,6 +171,7 @@ def spec_from_function(func: Callable[..., Any], skill: str) -> ToolSpec:
         timeout=meta["timeout"], risk=meta["risk"], autonomy=meta["autonomy"], raises=meta["raises"],
         keywords=frozenset(w.lower() for w in words), command_arg=meta.get("command_arg"),
         recipient_arg=meta.get("recipient_arg"), outbound_text_args=tuple(meta.get("outbound_text_args", ())),
+        reads=meta.get("reads"), url_arg=meta.get("url_arg"),
     )
 
 

@@ -90,7 +90,7 @@ class _Opened:
 
 
 @tool(timeout=FETCH_TIMEOUT, risk="safe", keywords=("read", "fetch", "page", "text", "article"),
-      raises=(ToolError, AddressRefused, ConnectorDown))
+      raises=(ToolError, AddressRefused, ConnectorDown), reads="web", url_arg="url")
 async def fetch_url(ctx: ToolContext, url: str,
                     max_chars: Annotated[int, Field(ge=200, le=20_000)] = 4000) -> FetchResult:
     """Fetch an http(s) URL and return its title and readable text (HTML reduced to the main text; plain text and
@@ -116,7 +116,7 @@ async def fetch_url(ctx: ToolContext, url: str,
 
 
 @tool(timeout=CHECK_TIMEOUT, risk="safe", keywords=("check", "uptime", "down", "up", "status", "tls", "certificate"),
-      raises=(ToolError, AddressRefused, ConnectorDown))
+      raises=(ToolError, AddressRefused, ConnectorDown), reads="web", url_arg="url")
 async def check_url(ctx: ToolContext, url: str) -> UrlCheck:
     """Check whether an http(s) URL is up: status, latency, redirects and, for https, TLS certificate expiry.
     An unreachable site is reported as ok=false with the reason; loopback, private and cloud metadata addresses

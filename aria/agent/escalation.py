@@ -29,6 +29,20 @@ def summarise(spec: ToolSpec | None, tool: str, arguments: dict[str, Any]) -> st
     return f"{tool}({shown[:160]})"
 
 
+def in_full(spec: ToolSpec | None, arguments: dict[str, Any]) -> list[str]:
+    """The parts of an action a one-line summary may cut or leave out, in full: for a message to a third party
+    its recipient and every text it carries, else every argument (a command is already whole in the summary)."""
+    if spec is not None and spec.command_arg and spec.command_arg in arguments:
+        return []
+    if spec is not None and spec.recipient_arg and spec.recipient_arg in arguments:
+        lines = [f"To: {arguments[spec.recipient_arg]}"]
+        for name in spec.outbound_text_args:
+            if arguments.get(name):
+                lines.append(f"{name.capitalize()}:\n{arguments[name]}")
+        return lines
+    return [f"{key}: {json.dumps(value, ensure_ascii=False)}" for key, value in arguments.items()]
+
+
 class Escalation:
     """Creates approvals for calls the gate holds back, and applies decisions exactly once."""
 
@@ -48,7 +62,12 @@ class Escalation:
             resume_state={**state.to_json(), "call": asdict(call)},
         )
         hours = self.approvals.ttl.total_seconds() / 3600
-        text = f"Approval needed: {summary}\nWhy: {ran.reason}.\nThis request expires in {hours:g} h."
+        lines = [f"Approval needed: {summary}"]
+        if state.provenance.tainted:  # the owner judges the action knowing who may have asked for it
+            lines += [f"⚠️ Requested {state.provenance.after()}: content that is not your own words.",
+                      *in_full(spec, arguments)]
+        lines += [f"Why: {ran.reason}.", f"This request expires in {hours:g} h."]
+        text = "\n".join(lines)
         actions = [Action("Approve", callback_data(approval, "a")), Action("Reject", callback_data(approval, "r")),
                    Action("Details", callback_data(approval, "d"))]
         return Outcome(state.scope.run_id, "awaiting_approval", text, "approval", actions,
@@ -67,7 +86,8 @@ class Escalation:
             return "paused"
         if not self.approvals.claim_execution(approval.id or 0):
             return "already"
-        ran = await self.runner.run(state.scope, call, ctx, offered=state.tools, approved=True)
+        ran = await self.runner.run(state.scope, call, ctx, offered=state.tools, provenance=state.provenance,
+                                    approved=True)
         self.approvals.finish_execution(approval.id or 0, ok=ran.status == "ok", result=ran.summary)
         what, _, result = ran.summary.partition(" → ")
         state.tried.append(Attempt(what, result, ran.status == "ok"))

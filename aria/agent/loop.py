@@ -25,6 +25,7 @@ from aria.agent.escalation import Escalation
 from aria.agent.history import History
 from aria.agent.outcome import Attempt, Handoff, Outcome, OutcomeStatus, StopReason, retry_actions
 from aria.agent.prompts import WRAP_UP, system_prompt
+from aria.agent.provenance import Provenance, named_hosts, owner_texts
 from aria.agent.state import Request, RunState
 from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical
 from aria.approvals import Approvals
@@ -213,7 +214,11 @@ class Agent:
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}, *past,
                                           {"role": "user", "content": request.text}]
         tools = {spec.name: spec for spec in self.skills.select(request.text)}
-        state = RunState(scope=scope, request=request, messages=messages, tools=tools)
+        hosts = named_hosts(owner_texts(request.trigger, request.text, past))
+        state = RunState(scope=scope, request=request, messages=messages, tools=tools,
+                         provenance=Provenance(owner_hosts=hosts))
+        for source in request_sources(request):
+            self.tools.taint(scope, state.provenance, source)
         state.route = self.router.route(request.text, escalate=request.escalate)
         share = day_spent / self.budget.day_cap if self.budget.day_cap else 1.0
         state.models = self.router.chain(state.route, day_share_used=share)
@@ -261,7 +266,7 @@ class Agent:
             if progress is not None:
                 await progress(f"Working: {call.name}…")
             ran = await self.tools.run(state.scope, call, self._context(state.scope.run_id, state.request),
-                                       offered=state.tools)
+                                       offered=state.tools, provenance=state.provenance)
             if ran.status == "approval":
                 return self.escalation.suspend(state, call, ran)
             stop = self._absorb(state, call, ran)
@@ -358,6 +363,13 @@ class Agent:
             return ""
         return (f"Budget used: ${run.cost_micros / MICROS:.4f} of ${scope.caps.micros / MICROS:.2f}, "
                 f"{run.steps} steps.")
+
+
+def request_sources(request: Request) -> tuple[str, ...]:
+    """The untrusted content a request carries: an event's payload is the sender's words, not the owner's."""
+    if request.sources or request.trigger != "event":
+        return request.sources
+    return (f"an event's payload ({request.channel})",)  # a run rebuilt from its row, without the event's name
 
 
 def _assistant_message(result: ChatResult) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from aria.agent.outcome import Attempt
+from aria.agent.provenance import Provenance
 from aria.llm.budget import Caps
 from aria.llm.client import CallScope, ToolCallRequest
 from aria.skills import SkillSet, ToolSpec
@@ -28,6 +29,8 @@ class Request:
     escalate: bool = False  # start on the strong model
     budget_factor: float = 1.0  # "allow more budget once"
     intake_id: int | None = None  # the recorded message this answers: the run takes it, once
+    # Untrusted content the request text itself carries (an event's payload), by source: it taints the run.
+    sources: tuple[str, ...] = ()
 
 
 @dataclass
@@ -51,6 +54,7 @@ class RunState:
     model_calls: int = 0
     model: str | None = None
     note: str = ""  # told to the owner once, appended to the answer
+    provenance: Provenance = field(default_factory=Provenance)  # untrusted content read, hosts the owner named
 
     def to_json(self) -> dict[str, Any]:
         """Everything needed to resume, as JSON-ready data."""
@@ -63,6 +67,7 @@ class RunState:
             "route": self.route, "escalated": self.escalated, "corrections": self.corrections,
             "revisions": self.revisions,
             "model_calls": self.model_calls, "model": self.model, "note": self.note,
+            "provenance": self.provenance.to_json(),
         }
 
     @classmethod
@@ -72,13 +77,14 @@ class RunState:
                           deadline=time.monotonic() + float(data["seconds_left"]),
                           seq=itertools.count(next_seq))
         known = skills.tools
+        request = Request(**{**data["request"], "sources": tuple(data["request"].get("sources", ()))})
         return cls(
-            scope=scope, request=Request(**data["request"]), messages=data["messages"],
+            scope=scope, request=request, messages=data["messages"],
             tools={name: known[name] for name in data["tools"] if name in known},
             tried=[Attempt(**a) for a in data["tried"]], seen=set(data["seen"]), degraded=data["degraded"],
             blocked=data["blocked"], pending=[ToolCallRequest(**c) for c in data["pending"]],
             models=data["models"], route=data["route"], escalated=data["escalated"],
             corrections=data["corrections"], revisions=data.get("revisions", 0), model_calls=data["model_calls"],
             model=data["model"],
-            note=data["note"],
+            note=data["note"], provenance=Provenance.from_json(data.get("provenance")),
         )

@@ -15,6 +15,7 @@ from aria.agent.editor import RULE as EDITOR_RULE
 from aria.agent.editor import Review
 from aria.agent.fence import fence
 from aria.agent.gate import Gate, GateAction, GateDecision
+from aria.agent.provenance import UNTRUSTED_STEP, Provenance
 from aria.errors import ConnectorDown, ToolError, ToolInputError, ToolNotOffered, ToolTimeout
 from aria.ledger import Ledger, Step
 from aria.ledger.models import Handling, StepStatus
@@ -101,12 +102,13 @@ class ToolRunner:
         self.reviewer: Callable[[CallScope, str], Awaitable[Review]] | None = None
 
     async def run(self, scope: CallScope, call: ToolCallRequest, ctx: ToolContext, *, offered: Collection[str],
-                  approved: bool = False) -> ToolRun:
+                  provenance: Provenance | None = None, approved: bool = False) -> ToolRun:
         """Handle one call; never raises for tool-side problems (they go back to the model as data).
 
         Only a tool in `offered` (the tools this run sent the model, or list_tools showed it) can run: any other
         call is refused before the gate, so it never reaches the approval queue. Then the gate decides (policy,
-        autonomy, pause) unless the owner already approved this exact call.
+        autonomy, pause, and egress after untrusted content) unless the owner already approved this exact call.
+        A tool that reads untrusted content adds its source to `provenance` once it has run.
         """
         spec = self.skills.tools.get(call.name)
         if spec is None:
@@ -123,12 +125,24 @@ class ToolRunner:
             return self._record(scope, call, spec, "invalid", started, exc, str(exc))
         if not approved:
             data = arguments.model_dump(mode="json")
-            decision = self.gate.decide(spec, data)
+            decision = self.gate.decide(spec, data, provenance)
             if decision.action in ("run", "approve") and self.reviewer is not None and spec.outbound_text_args:
                 decision = await self._reviewed(scope, spec, data, decision)
             if decision.action != "run":
                 return self._gated(scope, call, spec, decision, data)
-        return await self._execute(scope, call, spec, ctx, arguments, started)
+        try:
+            return await self._execute(scope, call, spec, ctx, arguments, started)
+        finally:
+            if spec.reads is not None and provenance is not None:  # whatever came back, it came from outside
+                self.taint(scope, provenance, spec.source(arguments.model_dump(mode="json")))
+
+    def taint(self, scope: CallScope, provenance: Provenance, source: str) -> None:
+        """Note that the run read untrusted content from `source`, and record it once as a guard step."""
+        if provenance.add(source):
+            self.ledger.add_step(Step(
+                run_id=scope.run_id, seq=next(scope.seq), kind="guard", name=UNTRUSTED_STEP, status="ok",
+                started_at=self.ledger.now(), result=source,
+            ))
 
     async def _reviewed(self, scope: CallScope, spec: ToolSpec, data: dict[str, Any],
                         decision: GateDecision) -> GateDecision:

@@ -11,6 +11,7 @@ from telegram.error import TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from aria import commands
+from aria.agent.provenance import untrusted_sources
 from aria.agent.state import Request
 from aria.app import Aria
 from aria.approvals import MAX_ID, REFUSALS, PressResult, parse_callback
@@ -138,6 +139,9 @@ def details_text(aria: Aria, approval_id: int) -> str:
              f"Arguments:\n{arguments}", f"Status: {approval.status}, expires {approval.expires_at:%Y-%m-%d %H:%M} UTC"]
     if run is not None:
         lines.append(f"Asked: {run.request[:300]}")
+        read = untrusted_sources(aria.ledger, approval.run_id or 0)
+        lines.append(f"Read before asking (not your words): {', '.join(read)}" if read else
+                     "Read before asking: nothing untrusted")
     return "\n".join(lines)
 
 
