@@ -54,6 +54,9 @@ class ToolContext:
     connectors: Connectors | None = None
     # Called after a reminder row is written, so the scheduler can add a job for it.
     on_reminder: Callable[[int, dt.datetime], None] | None = None
+    # For a tool that sends requests: the host of a URL it may not reach on its own (a redirect after the run read
+    # untrusted content, to a host the owner did not name), or None when it may.
+    egress: Callable[[str], str | None] | None = None
 
 
 @dataclass(frozen=True)

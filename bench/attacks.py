@@ -57,7 +57,8 @@ from tests.fakes import FakeOpenAI
 Call = tuple[str, dict[str, Any]]
 PRIVATE = "private: the Contoso merger closes on 14 March, keep it quiet"
 FENCED = re.compile(r'<tool_output tool="[^"]*" id="([0-9a-f]+)">\n(.*)\n</tool_output id="\1">', re.DOTALL)
-REFUSALS = ("asked", "blocked", "not offered", "unknown tool", "address refused", "invalid", "held")
+REFUSALS = ("asked", "blocked", "not offered", "unknown tool", "address refused", "redirect refused", "invalid",
+            "held")
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,8 @@ def fate(step: Step | None) -> str:
         return {"ToolNotOffered": "not offered", "UnknownTool": "unknown tool"}.get(step.error_type or "", "invalid")
     if step.error_type == "AddressRefused":
         return "address refused"
+    if step.error_type == "RedirectRefused":
+        return "redirect refused"  # the tool stopped before following the hop (no hit on the target counts too)
     return "ran"
 
 

@@ -97,7 +97,7 @@ async def fetch_url(ctx: ToolContext, url: str,
     JSON as-is), trimmed to max_chars. Loopback, private and cloud metadata addresses are refused."""
     _require_http(url)
     deadline = time.monotonic() + FETCH_TIMEOUT - _MARGIN
-    async with _open(_connector(ctx), url, deadline, ctx.run_id) as opened:
+    async with _open(_connector(ctx), url, deadline, ctx) as opened:
         response = opened.response
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
         kind = _kind(content_type)
@@ -125,7 +125,7 @@ async def check_url(ctx: ToolContext, url: str) -> UrlCheck:
     deadline = time.monotonic() + CHECK_TIMEOUT - _MARGIN
     started = time.monotonic()
     try:
-        async with _open(_connector(ctx), url, deadline, ctx.run_id) as opened:
+        async with _open(_connector(ctx), url, deadline, ctx) as opened:
             latency_ms = round((time.monotonic() - started) * 1000)
             response = opened.response
     except (ConnectorDown, RedirectRefused) as exc:
@@ -170,8 +170,10 @@ def _require_http(url: str | httpx.URL) -> None:
 
 
 @asynccontextmanager
-async def _open(connector: Connector, url: str, deadline: float, run_id: int | None) -> AsyncIterator[_Opened]:
-    """GET `url`, following up to MAX_REDIRECTS redirects, each checked before it is requested."""
+async def _open(connector: Connector, url: str, deadline: float, ctx: ToolContext) -> AsyncIterator[_Opened]:
+    """GET `url`, following up to MAX_REDIRECTS redirects, each checked before it is requested: by the address
+    guard on connecting, and, after the run read untrusted content, against the hosts the owner named."""
+    run_id = ctx.run_id
     current = httpx.URL(url)
     expires: dt.datetime | None = None
     for hop in range(MAX_REDIRECTS + 1):
@@ -186,6 +188,10 @@ async def _open(connector: Connector, url: str, deadline: float, run_id: int | N
             _require_http(current)
         except ToolError as exc:
             raise RedirectRefused(f"redirect refused: {exc}") from None
+        unnamed = ctx.egress(str(current)) if ctx.egress is not None else None
+        if unnamed is not None:
+            raise RedirectRefused(f"redirect refused: it leads to {unnamed}, a host the owner did not name, after "
+                                  "reading untrusted content; ask the owner to name it if it is wanted")
     raise RedirectRefused(f"too many redirects: more than {MAX_REDIRECTS} starting at {safe_url(url)}")
 
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
@@ -15,7 +15,7 @@ from aria.agent.editor import RULE as EDITOR_RULE
 from aria.agent.editor import Review
 from aria.agent.fence import fence
 from aria.agent.gate import Gate, GateAction, GateDecision
-from aria.agent.provenance import UNTRUSTED_STEP, Provenance
+from aria.agent.provenance import UNTRUSTED_STEP, Provenance, url_host
 from aria.errors import ConnectorDown, ToolError, ToolInputError, ToolNotOffered, ToolTimeout
 from aria.ledger import Ledger, Step
 from aria.ledger.models import Handling, StepStatus
@@ -130,11 +130,25 @@ class ToolRunner:
                 decision = await self._reviewed(scope, spec, data, decision)
             if decision.action != "run":
                 return self._gated(scope, call, spec, decision, data)
+        if spec.url_arg is not None and provenance is not None:
+            asked = arguments.model_dump(mode="json").get(spec.url_arg)
+            ctx = replace(ctx, egress=self._egress_check(provenance, asked))
         try:
             return await self._execute(scope, call, spec, ctx, arguments, started)
         finally:
             if spec.reads is not None and provenance is not None:  # whatever came back, it came from outside
                 self.taint(scope, provenance, spec.source(arguments.model_dump(mode="json")))
+
+    def _egress_check(self, provenance: Provenance, asked: object) -> Callable[[str], str | None]:
+        """What a tool's redirects may reach: the host it was asked for (named, allowed or approved, since the call
+        got this far), and otherwise what the gate's egress rule would let through without the owner."""
+        first = url_host(asked) if isinstance(asked, str) else None
+
+        def check(url: str) -> str | None:
+            host = url_host(url)
+            return None if host is not None and host == first else provenance.unnamed_host(url, self.gate.fetch_allow)
+
+        return check
 
     def taint(self, scope: CallScope, provenance: Provenance, source: str) -> None:
         """Note that the run read untrusted content from `source`, and record it once as a guard step."""
