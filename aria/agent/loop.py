@@ -366,10 +366,13 @@ class Agent:
 
 
 def request_sources(request: Request) -> tuple[str, ...]:
-    """The untrusted content a request carries: an event's payload is the sender's words, not the owner's."""
-    if request.sources or request.trigger != "event":
+    """The untrusted content a request carries: an event's payload or a forwarded message is someone else's words,
+    not the owner's."""
+    if request.sources or request.trigger not in ("event", "forward"):
         return request.sources
-    return (f"an event's payload ({request.channel})",)  # a run rebuilt from its row, without the event's name
+    # A run rebuilt from its row after a restart, without the original source's name.
+    what = "an event's payload" if request.trigger == "event" else "a forwarded message"
+    return (f"{what} ({request.channel})",)
 
 
 def _assistant_message(result: ChatResult) -> dict[str, Any]:

@@ -6,12 +6,19 @@ import contextlib
 import json
 import logging
 
-from telegram import Update
+from telegram import (
+    Message,
+    MessageOriginChannel,
+    MessageOriginChat,
+    MessageOriginHiddenUser,
+    MessageOriginUser,
+    Update,
+)
 from telegram.error import TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from aria import commands
-from aria.agent.provenance import untrusted_sources
+from aria.agent.provenance import forwarded_request, untrusted_sources
 from aria.agent.state import Request
 from aria.app import Aria
 from aria.approvals import MAX_ID, REFUSALS, PressResult, parse_callback
@@ -88,15 +95,40 @@ async def command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Free text from the owner: a run, answered through the channel."""
+    """Free text from the owner: a run, answered through the channel. A forwarded message is someone else's words:
+    it is fenced as data and taints the run with its origin."""
     message = update.effective_message
     if message is None or update.effective_chat is None or not message.text:
         return
-    await _aria(context).runs.handle(Request(text=clean_text(message.text), trigger="message", channel="telegram",
+    words, trigger = clean_text(message.text), "message"
+    sources: tuple[str, ...] = ()
+    origin = forward_origin(message)
+    if origin is not None:
+        words, trigger = forwarded_request(origin, words), "forward"
+        sources = (f"a message forwarded from {origin} (Telegram)",)
+    await _aria(context).runs.handle(Request(text=words, trigger=trigger, channel="telegram",
                                              chat_id=update.effective_chat.id,
                                              user_id=update.effective_user.id if update.effective_user else None,
-                                             intake_id=_intake(context).event_of.pop(update.update_id, None)),
+                                             intake_id=_intake(context).event_of.pop(update.update_id, None),
+                                             sources=sources),
                                      _channel(context))
+
+
+def forward_origin(message: Message) -> str | None:
+    """Who wrote a forwarded message, as the owner would name them; None when the owner wrote it."""
+    origin = message.forward_origin
+    if origin is None:
+        return None
+    if isinstance(origin, MessageOriginUser):
+        user = origin.sender_user
+        return f"{user.full_name} (@{user.username})" if user.username else user.full_name
+    if isinstance(origin, MessageOriginHiddenUser):
+        return origin.sender_user_name
+    if isinstance(origin, MessageOriginChat):
+        return origin.sender_chat.title or "a chat"
+    if isinstance(origin, MessageOriginChannel):
+        return origin.chat.title or "a channel"
+    return "someone else"
 
 
 async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
