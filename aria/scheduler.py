@@ -32,20 +32,24 @@ class Scheduler:
         self.ledger = ledger
         self.tz = tz
         self.aps = AsyncIOScheduler(timezone=tz, job_defaults={"coalesce": True, "misfire_grace_time": 3600})
+        self._stopping = False  # shutdown requested (the asyncio scheduler stops on the loop's next turn)
 
     @property
     def running(self) -> bool:
         """True while the scheduler runs jobs."""
-        return bool(self.aps.running)
+        return bool(self.aps.running) and not self._stopping
 
     def start(self) -> None:
         """Start running jobs (needs a running event loop)."""
         if not self.aps.running:
+            self._stopping = False
             self.aps.start()
 
     def shutdown(self) -> None:
-        """Stop; running jobs are not waited for (their runs are marked interrupted at the next start)."""
-        if self.aps.running:
+        """Stop; running jobs are not waited for (the next start recovers their runs). Safe to call twice: the
+        asyncio scheduler only stops on the loop's next turn, and a second request would then find it stopped."""
+        if self.aps.running and not self._stopping:
+            self._stopping = True
             self.aps.shutdown(wait=False)
 
     def paused(self) -> bool:

@@ -48,10 +48,11 @@ def ledger(tmp_path: Path, clock: ManualClock) -> Ledger:
     return Ledger.open(tmp_path / "aria.db", clock=clock)
 
 
-def aria_cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`aria <args>` in a subprocess, with only `env` for Aria's own settings."""
+def aria_cli(args: list[str], env: dict[str, str], cwd: Path,
+             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`aria <args>` in a subprocess, with only `env` for Aria's own settings (and `stdin` as its input)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ARIA_", "OPENAI_", "TELEGRAM_"))}
-    return subprocess.run([sys.executable, "-m", "aria.cli", *args], env={**base, **env}, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "aria.cli", *args], env={**base, **env}, cwd=cwd, input=stdin,
                           capture_output=True, text=True, timeout=60)
 
 

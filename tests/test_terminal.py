@@ -44,3 +44,13 @@ async def test_approvals_are_decided_by_command(make_aria: MakeAria, fake_openai
     assert "(/approve 1 or /reject 1)" in text and "aria> Marked." in text
     assert "Already decided; nothing more was done." in text
     assert marks(aria.settings.data_dir) == ["terminal"]
+
+
+def test_aria_chat_answers_commands_and_exits_cleanly(tmp_path: Path) -> None:
+    from tests.conftest import aria_cli
+
+    result = aria_cli(["chat"], {"ARIA_DATA_DIR": str(tmp_path / "data")}, tmp_path,
+                      stdin="/status\n/pause\n/resume\n/approvals\n")
+    assert result.returncode == 0, result.stderr
+    assert "Spend today" in result.stdout and "No approvals are waiting." in result.stdout
+    assert "Traceback" not in result.stderr  # start and stop are clean (the scheduler is stopped once)
