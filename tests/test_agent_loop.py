@@ -316,6 +316,50 @@ async def test_history_is_bounded_by_tokens(make_aria: MakeAria, fake_openai: An
 
 
 
+def _history(fake_openai: Any) -> str:
+    """What the last model call was shown of earlier turns (everything between the system prompt and the request)."""
+    return "\n".join(str(m.get("content") or "") for m in fake_openai.last_request.body["messages"][1:-1])
+
+
+async def test_history_after_a_handoff_has_no_budget_footer(make_aria: MakeAria, fake_openai: Any) -> None:
+    fake_openai.enqueue_tool_call("handoff", {"reason": "I have no access to your calendar", "known": "It is Monday."})
+    aria = make_aria(model_strong="gpt-4o-mini")
+    first = await aria.agent.run(Request("what is on my calendar?", chat_id=5))
+    assert "Budget used: $" in first.text
+    fake_openai.enqueue_text("ok")
+    await aria.agent.run(Request("and tomorrow?", chat_id=5))
+    history = _history(fake_openai)
+    assert "I have no access to your calendar" in history and "It is Monday." in history
+    assert "Budget used" not in history
+
+
+async def test_history_after_a_degraded_answer_is_the_models_own_words(make_aria: MakeAria, fake_openai: Any,
+                                                                           probe_skills: Path) -> None:
+    fake_openai.enqueue_tool_call("remote_probe", {})
+    fake_openai.enqueue_text("Last incident was yesterday.")
+    aria = make_aria(skills_dir=probe_skills)
+    first = await aria.agent.run(Request("probe the status", chat_id=5))
+    assert first.text.startswith("I couldn't reach")
+    fake_openai.enqueue_text("ok")
+    await aria.agent.run(Request("thanks", chat_id=5))
+    messages = fake_openai.last_request.body["messages"]
+    assert messages[1:-1] == [{"role": "user", "content": "probe the status"},
+                              {"role": "assistant", "content": "Last incident was yesterday."}]
+
+
+async def test_history_after_a_noted_answer_has_no_note(make_aria: MakeAria, fake_openai: Any) -> None:
+    aria = make_aria(day_max_usd=0.001, cheap_only_share=0.01)
+    fake_openai.enqueue_text("first", usage={"prompt_tokens": 100, "completion_tokens": 100})
+    await aria.agent.run(Request("hello", chat_id=5))
+    fake_openai.enqueue_text("second")
+    second = await aria.agent.run(Request("and this", chat_id=5))
+    assert "of today's budget is used" in second.text
+    fake_openai.enqueue_text("third")
+    await aria.agent.run(Request("more", chat_id=5))
+    history = _history(fake_openai)
+    assert "second" in history and "Note:" not in history and "budget" not in history
+
+
 async def test_unpriced_model_is_refused_before_any_call_and_flagged(make_aria: MakeAria, fake_openai: Any,
                                                                       tmp_path: Path) -> None:
     from aria.views import status_text

@@ -13,8 +13,9 @@ _LOOKBACK = 20  # runs read per chat; the token budget decides how many are kept
 _ANSWERED = ("ok", "degraded", "handoff", "budget_exhausted")
 _RUNS = Run.__table__  # type: ignore[attr-defined]
 # Built once (every turn runs it); index ix_run_chat (chat_id, id) serves it newest first, touching no other chat.
+# `answer`, not `final_text`: what Aria adds for the owner (footers, notes, policy lines) never goes back to the model.
 LATEST_EXCHANGES = (
-    select(_RUNS.c.request, _RUNS.c.final_text)
+    select(_RUNS.c.request, _RUNS.c.answer)
     .where(_RUNS.c.chat_id == bindparam("chat_id"), _RUNS.c.status.in_(_ANSWERED),
            _RUNS.c.trigger.in_(("message", "command")), _RUNS.c.id < bindparam("before"))
     .order_by(_RUNS.c.id.desc()).limit(_LOOKBACK)

@@ -167,7 +167,8 @@ class Agent:
                               f"recorded as run {run_id}. Nothing was done after the failure.", "error")
         finished = outcome  # bound for the closure: the reply written with the run is this outcome's
         self.ledger.finish_run(run_id, outcome.status, stop_reason=outcome.stop_reason, final_text=outcome.text,
-                               model=outcome.model, then=(lambda conn: reply(conn, finished)) if reply else None)
+                               answer=outcome.answer, model=outcome.model,
+                               then=(lambda conn: reply(conn, finished)) if reply else None)
         return outcome
 
     def _checkpoint(self, state: RunState) -> None:
@@ -299,7 +300,7 @@ class Agent:
 
     def _answer(self, state: RunState, result: ChatResult, status: OutcomeStatus = "ok",
                 stop: StopReason = "answer") -> Outcome:
-        text = (result.text or "").strip()
+        text = answer = (result.text or "").strip()
         if not text:
             return self._handoff(state.scope, state.tried, "the model returned an empty answer", "models_failed")
         if state.degraded:
@@ -310,7 +311,7 @@ class Agent:
             text += "\n\n" + "\n".join(f"⛔ {line}" for line in state.blocked)
         if state.note:
             text = f"{text}\n\n{state.note}"
-        return Outcome(state.scope.run_id, status, text, stop, model=result.model)
+        return Outcome(state.scope.run_id, status, text, stop, model=result.model, answer=answer)
 
     async def _closing_answer(self, state: RunState, verdict: str) -> Outcome:
         """After a rejection (or expiry) the run takes no further tool steps: one tool-less answer, or a template."""
@@ -353,9 +354,9 @@ class Agent:
 
     def _handoff(self, scope: CallScope, tried: list[Attempt], reason: str, stop: StopReason, *, known: str = "",
                  status: OutcomeStatus = "handoff", actions: bool = True, model: str | None = None) -> Outcome:
-        text = Handoff(reason=reason, tried=tried, known=known, budget_line=self._budget_line(scope)).render()
-        return Outcome(scope.run_id, status, text, stop, retry_actions(scope.run_id) if actions else [],
-                       model=model)
+        handoff = Handoff(reason=reason, tried=tried, known=known, budget_line=self._budget_line(scope))
+        return Outcome(scope.run_id, status, handoff.render(), stop, retry_actions(scope.run_id) if actions else [],
+                       model=model, answer=handoff.render(footer=False))
 
     def _budget_line(self, scope: CallScope) -> str:
         run = self.ledger.run(scope.run_id)

@@ -34,6 +34,9 @@ class Outcome:
     actions: list[Action] = field(default_factory=list)
     model: str | None = None
     approval_id: int | None = None  # set when the run waits for the owner's decision
+    # What goes back to the model as this turn's answer in later history: the model's own words (or the bare handoff),
+    # without what Aria adds for the owner (footers, notes, policy lines, prefixes, buttons). None: nothing to recall.
+    answer: str | None = None
 
 
 @dataclass
@@ -54,15 +57,15 @@ class Handoff:
     known: str = ""
     budget_line: str = ""
 
-    def render(self) -> str:
-        """The owner-facing text, short enough for a phone."""
+    def render(self, *, footer: bool = True) -> str:
+        """The owner-facing text, short enough for a phone; without its budget footer for the model's history."""
         lines = [f"I don't know: {self.reason}."]
         if self.tried:
             lines.append("What I tried:")
             lines += [f"• {a.what} → {a.result}" for a in self.tried[-6:]]
         if self.known.strip():
             lines.append(f"What I know anyway: {self.known.strip()}")
-        if self.budget_line:
+        if self.budget_line and footer:
             lines.append(self.budget_line)
         return "\n".join(lines)
 

@@ -258,8 +258,17 @@ def m007_event_replay_key(conn: Connection) -> None:
     """)
 
 
+def m008_run_answer(conn: Connection) -> None:
+    """Runs keep the model's own answer apart from the text the owner was sent, so history never feeds Aria's footers,
+    notes and policy lines back to the model. Earlier runs keep recalling what they sent (nothing else is known)."""
+    _run(conn, """
+    ALTER TABLE run ADD COLUMN answer VARCHAR;
+    UPDATE run SET answer = final_text
+    """)
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events,
-                               m005_hot_path_indexes, m006_durable_runs, m007_event_replay_key]
+                               m005_hot_path_indexes, m006_durable_runs, m007_event_replay_key, m008_run_answer]
 
 
 def applied(conn: Connection) -> set[str]:

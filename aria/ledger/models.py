@@ -57,7 +57,8 @@ class Run(SQLModel, table=True):
     steps: int = 0
     started_at: dt.datetime = Field(index=True)
     ended_at: dt.datetime | None = None
-    final_text: str | None = None
+    final_text: str | None = None  # what the owner was sent
+    answer: str | None = None  # what later turns' history recalls: the model's own answer, without Aria's additions
     worker: str | None = None  # the process working on it ("pid:start time"), so recovery leaves live runs alone
     checkpoint: str | None = None  # the run's state after its last completed step (JSON), to resume from
 

@@ -220,11 +220,13 @@ class Ledger:
                                        "started_at": values.get("started_at") or self.now(), "worker": self.worker})
 
     def finish_run(self, run_id: int, status: RunStatus, *, stop_reason: str | None = None,
-                   final_text: str | None = None, route: str | None = None, model: str | None = None,
-                   then: Callable[[Connection], object] | None = None) -> None:
-        """Close a run with its outcome; totals come from its spend and step rows. `then` writes more in the same
-        transaction (the message that tells the owner), so a run never ends without it."""
+                   final_text: str | None = None, answer: str | None = None, route: str | None = None,
+                   model: str | None = None, then: Callable[[Connection], object] | None = None) -> None:
+        """Close a run with its outcome; totals come from its spend and step rows. `answer` is what later history
+        recalls (the model's own words, without Aria's footers). `then` writes more in the same transaction (the
+        message that tells the owner), so a run never ends without it."""
         values: dict[str, Any] = {"status": status, "stop_reason": stop_reason, "final_text": self.redact(final_text),
+                                  "answer": self.redact(answer),
                                   "ended_at": self.now(), "checkpoint": None}
         if route:  # an empty route or model keeps what the run already has
             values["route"] = route
