@@ -26,6 +26,8 @@ EventAuth = Literal["hmac", "github", "bearer", "basic"]
 EVENT_AUTH_MODES: tuple[str, ...] = get_args(EventAuth)
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OWN_PREFIXES = ("ARIA_", "TELEGRAM_", "OPENAI_")  # Aria's settings (and its secrets) are read from these
+# Seconds Telegram holds an idle getUpdates: its longest, so an idle Aria polls about 72 times an hour.
+LONG_POLL_SECONDS = 50
 
 
 class Settings(BaseSettings):
@@ -45,6 +47,7 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8080, ge=1, le=65535)
     poll_stall_seconds: float = Field(default=180.0, gt=0)
+    allow_groups: bool = False  # answer an owner in groups and supergroups too (else only private chats)
 
     # Event ingress (signed webhooks from the owner's systems)
     event_secrets: CommaPairs = Field(default_factory=dict)
@@ -179,6 +182,14 @@ class Settings(BaseSettings):
                                  f"{', '.join(EVENT_AUTH_MODES)}")
             modes[source] = mode.lower()
         return modes
+
+    @model_validator(mode="after")
+    def _stall_above_long_poll(self) -> Settings:
+        # An idle long poll completes only every LONG_POLL_SECONDS: a limit at or below that restarts healthy polling.
+        if self.poll_stall_seconds <= LONG_POLL_SECONDS:
+            raise ValueError(f"{env_name('poll_stall_seconds')}: must be above the {LONG_POLL_SECONDS} s long poll (an "
+                             f"idle getUpdates is held that long); got {self.poll_stall_seconds:g}, use 120 or more")
+        return self
 
     @model_validator(mode="after")
     def _auth_has_secret(self) -> Settings:

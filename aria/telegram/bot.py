@@ -64,6 +64,8 @@ def build_application(aria: Aria, *,
     application.bot_data["channel"] = channel
     application.bot_data["intake"] = intake
     application.add_handler(TypeHandler(Update, handlers.owner_guard), group=-1)
+    # Before commands and text: an edit of any message is acknowledged, never answered again.
+    application.add_handler(MessageHandler(filters.UpdateType.EDITED, handlers.edited))
     application.add_handler(CommandHandler(list(commands.NAMES), handlers.command))
     application.add_handler(CallbackQueryHandler(handlers.approval_button, pattern=r"^ap:"))
     application.add_handler(CallbackQueryHandler(handlers.retry_button, pattern=r"^retry:"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from typing import NoReturn
 
 from telegram import (
     Message,
@@ -14,6 +15,7 @@ from telegram import (
     MessageOriginUser,
     Update,
 )
+from telegram.constants import ChatType
 from telegram.error import TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
@@ -29,6 +31,7 @@ from aria.telegram.intake import Intake
 
 log = logging.getLogger(__name__)
 ACKNOWLEDGEMENTS: dict[PressResult, str] = {"approved": "Approved: running it now.", "rejected": "Rejected."}
+EDIT_ACKNOWLEDGEMENT = "I answered your first version; send it again as a new message if you want a new answer."
 
 
 def _aria(context: ContextTypes.DEFAULT_TYPE) -> Aria:
@@ -56,25 +59,33 @@ async def owner_guard(update: Update, context: ContextTypes.DEFAULT_TYPE) -> Non
 async def _guard(update: Update, context: ContextTypes.DEFAULT_TYPE, intake: Intake) -> None:
     aria = _aria(context)
     user = update.effective_user
-    if user is not None and user.id in aria.settings.owner_ids:
-        message = update.effective_message
-        if update.callback_query is None and message is not None and message.text:
-            try:
-                admitted = intake.admit(update)
-            except LedgerUnavailable:
-                return  # the run service tells the owner it cannot act
-            if admitted is None:
-                log.info("update %s was answered already; not again", update.update_id)
-                raise ApplicationHandlerStop
-        return
     kind = "callback" if update.callback_query else "message" if update.effective_message else "update"
+    if user is None or user.id not in aria.settings.owner_ids:
+        await _refuse(aria, update, f"{kind} from a non-owner")
+    chat = update.effective_chat
+    if chat is not None and chat.type != ChatType.PRIVATE and not aria.settings.allow_groups:
+        # An owner in a group is heard by everyone there: answers (spend, hosts, drafts) stay in private chats.
+        await _refuse(aria, update, f"owner's {kind} in a {chat.type} chat (ARIA_ALLOW_GROUPS is off)")
+    message = update.effective_message
+    if update.callback_query is None and message is not None and message.text:
+        try:
+            admitted = intake.admit(update)
+        except LedgerUnavailable:
+            return  # the run service tells the owner it cannot act
+        if admitted is None:
+            log.info("update %s was answered already; not again", update.update_id)
+            raise ApplicationHandlerStop
+
+
+async def _refuse(aria: Aria, update: Update, reason: str) -> NoReturn:
+    """No reply, no model call: one ledger row (a press is answered aside, else its button spins)."""
+    user = update.effective_user
     with contextlib.suppress(LedgerUnavailable):  # refused all the same; the log line below is the record
         aria.ledger.record_event("telegram", status="refused", verified=False,
-                                 delivery_id=f"update:{update.update_id}", reason=f"{kind} from a non-owner",
+                                 delivery_id=f"update:{update.update_id}", reason=reason,
                                  user_id=user.id if user else None)
-    log.info("refused update %s from user %s", update.update_id, user.id if user else "unknown")
+    log.info("refused update %s from user %s: %s", update.update_id, user.id if user else "unknown", reason)
     if update.callback_query is not None:
-        # A press always gets an answer (else the button spins); the refusal says nothing more.
         await _answer_press(update, "Not allowed.")
     raise ApplicationHandlerStop
 
@@ -129,6 +140,15 @@ def forward_origin(message: Message) -> str | None:
     if isinstance(origin, MessageOriginChannel):
         return origin.chat.title or "a channel"
     return "someone else"
+
+
+async def edited(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """An edited message: acknowledged, never a second billed run (the first version was answered, or is being)."""
+    if update.effective_chat is not None:
+        await _aria(context).runs.reply(_channel(context), update.effective_chat.id, EDIT_ACKNOWLEDGEMENT)
+    event_id = _intake(context).event_of.pop(update.update_id, None)
+    if event_id is not None:
+        _intake(context).processed(event_id)
 
 
 async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

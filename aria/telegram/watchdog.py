@@ -38,13 +38,14 @@ from telegram.error import TelegramError
 from telegram.ext import Application, ContextTypes, JobQueue
 from telegram.request import RequestData
 
+from aria.config import LONG_POLL_SECONDS
 from aria.errors import PollingOutage, PollingStalled
 from aria.ledger import Failure, Ledger
 from aria.telegram.intake import Intake
 from aria.telegram.request import SignallingRequest
 
 log = logging.getLogger(__name__)
-DEFAULT_POLL_TIMEOUT = 10  # seconds Telegram holds an idle getUpdates: PTB's default long poll
+DEFAULT_POLL_TIMEOUT = LONG_POLL_SECONDS  # Telegram's longest hold of an idle getUpdates: fewest idle calls
 JOB_NAME = "telegram-poll-watchdog"
 
 
