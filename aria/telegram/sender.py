@@ -245,7 +245,7 @@ class OutboxSender:
                 raise
             # Markup Telegram cannot parse would be refused forever; the words still matter, so send them plain.
             log.warning("Telegram rejected the markup of outbox message %s; sending plain text", row.id)
-            if parse_mode.upper() == "HTML" and part.text is not None:
+            if parse_mode != row.parse_mode and part.text is not None:  # rendered here from Markdown
                 part = Part(part.kind, plain_text(part.text))
             return await self._send_once(row, part, None, buttons=buttons, replace=replace)
 
