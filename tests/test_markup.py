@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aria.outbox import CAPTION_LIMIT, TEXT_LIMIT
-from aria.telegram.markup import plain_text, split_html, telegram_parts, to_html, utf16_len
+from aria.telegram.markup import literal_html, plain_text, split_html, telegram_parts, to_html, utf16_len
 
 
 class _Balance(HTMLParser):
@@ -55,6 +55,12 @@ def test_links_lists_headings_and_nesting() -> None:
 def test_plain_text_with_angle_brackets_and_ampersands_is_escaped() -> None:
     assert to_html("a < b && c > d") == "a &lt; b &amp;&amp; c &gt; d"
     assert plain_text(to_html("a < b && c > d")) == "a < b && c > d"
+
+
+def test_literal_text_shows_exactly_what_was_written() -> None:
+    text = "rm -rf /tmp/*_old_* `x` **y** <z> & w"
+    assert plain_text(literal_html(text)) == text
+    assert "<" not in literal_html(text).replace("&lt;", "")
 
 
 def test_a_long_answer_splits_at_paragraph_boundaries() -> None:
@@ -105,7 +111,7 @@ def test_bold_longer_than_the_limit_is_closed_and_reopened() -> None:
 
 def test_a_photo_caption_takes_what_fits_and_the_rest_follows() -> None:
     answer = "\n\n".join(f"**Point {i}**: " + "detail " * 30 for i in range(20))
-    parts = telegram_parts(answer, photo=True, text_limit=TEXT_LIMIT, caption_limit=CAPTION_LIMIT)
+    parts = telegram_parts(to_html(answer), photo=True, text_limit=TEXT_LIMIT, caption_limit=CAPTION_LIMIT)
     (caption, is_caption), *rest = parts
     assert is_caption and utf16_len(caption) <= CAPTION_LIMIT and balanced(caption)
     assert rest and not any(flag for _, flag in rest)

@@ -264,17 +264,31 @@ async def test_a_rendered_answer_telegram_cannot_parse_arrives_as_its_plain_word
     assert calls[1].params["text"] == "Disk at 91% & rising" and "parse_mode" not in calls[1].params
 
 
-async def test_a_digest_photo_caption_is_rendered_and_balanced(
+async def test_a_digest_photo_caption_shows_its_text_exactly_and_the_rest_follows(
         fake_telegram: FakeTelegram, outbox: Outbox, sender: OutboxSender) -> None:
-    text = "\n\n".join(f"**Section {n}**\n- item with `code` " + "detail " * 40 for n in range(8))
+    text = "\n\n".join(f"Section {n}: tool run_shell_cmd failed on /tmp/*_old_* <x> & " + "detail " * 40
+                        for n in range(8))
     outbox.enqueue(OWNER, text, photo=tiny_png(), purpose="digest")
 
     assert await sender.flush() == 1
 
     (photo,) = sent_ok(fake_telegram, "sendPhoto")
-    assert photo.params["parse_mode"] == "HTML" and photo.params["caption"].startswith("<b>Section 0</b>")  # type: ignore[attr-defined]
+    assert photo.params["parse_mode"] == "HTML" and len(photo.params["caption"]) <= 1024  # type: ignore[attr-defined]
     texts = [c.params["text"] for c in sent_ok(fake_telegram, "sendMessage")]  # type: ignore[attr-defined]
-    assert texts and all(t.startswith("<b>Section ") for t in texts)
+    assert texts and all(t.startswith("Section ") for t in texts)
+    seen = [photo.result["caption"], *(c.result["text"] for c in sent_ok(fake_telegram, "sendMessage"))]  # type: ignore[attr-defined]
+    assert " ".join(" ".join(seen).split()) == " ".join(text.split())
+
+
+async def test_an_approval_request_shows_the_command_exactly(
+        fake_telegram: FakeTelegram, outbox: Outbox, sender: OutboxSender) -> None:
+    text = "Approval needed: shell `rm -rf /tmp/*.log *now*` & <more>\nWhy: risky."
+    outbox.enqueue(OWNER, text, purpose="approval")
+
+    assert await sender.flush() == 1
+
+    (call,) = sent_ok(fake_telegram, "sendMessage")
+    assert call.params["parse_mode"] == "HTML" and call.result["text"] == text  # type: ignore[attr-defined]
 
 
 async def test_background_sender_wakes_on_enqueue_and_at_the_retry_time(

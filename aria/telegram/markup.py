@@ -1,6 +1,7 @@
 """Model Markdown as Telegram HTML, and HTML cut into messages Telegram accepts.
 
-Stored outbox text stays Markdown (the terminal prints it as is); the Telegram sender renders it at send time.
+Stored outbox text stays as written (the terminal prints it as is); the Telegram sender renders it at send time:
+model answers as Markdown, Aria's texts that quote commands and data (approvals, digests) escaped literally.
 `split_html` cuts at paragraph, then line, then sentence, then word boundaries outside any formatting entity; only a
 block that alone exceeds the limit (a long code block, say) is cut inside, and then its tags are closed at the end
 of one part and re-opened at the start of the next, so every part is balanced HTML. Lengths are measured
@@ -59,9 +60,14 @@ def split_html(markup: str, limit: int) -> list[str]:
     return parts or [markup.strip()]
 
 
-def telegram_parts(markdown: str, *, photo: bool, text_limit: int, caption_limit: int) -> list[tuple[str, bool]]:
-    """A row's rendered messages as (html, is_caption): a photo first, captioned with as much as fits."""
-    rest = to_html(markdown).strip()
+def literal_html(text: str) -> str:
+    """Telegram HTML showing `text` exactly as written (Aria's texts quoting commands, paths, globs)."""
+    return html.escape(text, quote=False)
+
+
+def telegram_parts(markup: str, *, photo: bool, text_limit: int, caption_limit: int) -> list[tuple[str, bool]]:
+    """A row's messages from its HTML as (html, is_caption): a photo first, captioned with as much as fits."""
+    rest = markup.strip()
     caption = ""
     if photo:
         caption, rest = head_html(rest, caption_limit) if rest else ("", "")

@@ -32,7 +32,7 @@ from aria.outbox import (
     message_parts,
     row_actions,
 )
-from aria.telegram.markup import head_html, plain_text, telegram_parts, to_html
+from aria.telegram.markup import head_html, literal_html, plain_text, telegram_parts, to_html
 from aria.telegram.send import keyboard
 
 log = logging.getLogger(__name__)
@@ -41,9 +41,11 @@ CHANNEL = "telegram"
 FLOOD_WAITS = 5  # 429s honoured in a row before the row backs off instead
 Delivery = Literal["delivered", "later", "refused"]
 Sleep = Callable[[float], Awaitable[None]]
-# Texts written in Markdown (the model's answers and Aria's own messages around them), rendered as Telegram HTML at
-# send time; the stored text stays Markdown. Alerts and reminders quote names like `disk_usage` and stay plain.
-MARKDOWN: frozenset[Purpose] = frozenset({"answer", "approval", "approval-edit", "notice", "digest"})
+# Rendered as Telegram HTML at send time; the stored text stays as written. Answers and notices are Markdown (the
+# model's, or Aria's prose around them). Approvals and digests quote commands, globs and error texts that must show
+# exactly (`rm /tmp/*_old*`), so they are escaped, not parsed. Other purposes go as plain text, as before.
+MARKDOWN: frozenset[Purpose] = frozenset({"answer", "notice"})
+LITERAL: frozenset[Purpose] = frozenset({"approval", "approval-edit", "digest"})
 
 
 class OutboxSender:
@@ -276,14 +278,28 @@ class OutboxSender:
 def _parts(row: OutboxRow) -> tuple[list[Part], str | None]:
     """The messages a row becomes and their parse mode: Markdown purposes rendered as HTML and split cleanly."""
     photo = row.payload is not None
-    if row.parse_mode is not None or row.purpose not in MARKDOWN or not to_html(row.text).strip():
+    markup = _render(row)
+    if markup is None:
         parts = [Part("text", row.text)] if row.kind == "edit" else message_parts(row.text, photo=photo)
         return parts, row.parse_mode
     if row.kind == "edit":  # an edit is one message: what fits of it
-        return [Part("text", head_html(to_html(row.text), TEXT_LIMIT)[0])], "HTML"
-    rendered = telegram_parts(row.text, photo=photo, text_limit=TEXT_LIMIT, caption_limit=CAPTION_LIMIT)
+        return [Part("text", head_html(markup, TEXT_LIMIT)[0])], "HTML"
+    rendered = telegram_parts(markup, photo=photo, text_limit=TEXT_LIMIT, caption_limit=CAPTION_LIMIT)
     return [Part("photo" if caption else "text", text or None if caption else text)
             for text, caption in rendered], "HTML"
+
+
+def _render(row: OutboxRow) -> str | None:
+    """The row's text as Telegram HTML, or None when it goes as stored (its own parse mode, a plain purpose)."""
+    if row.parse_mode is not None:
+        return None
+    if row.purpose in MARKDOWN:
+        markup = to_html(row.text)
+    elif row.purpose in LITERAL:
+        markup = literal_html(row.text)
+    else:
+        return None
+    return markup if plain_text(markup).strip() else None
 
 
 def _seconds(exc: RetryAfter) -> float:
