@@ -231,6 +231,66 @@ async def test_unparseable_markup_is_delivered_as_plain_text(
     assert "parse_mode" not in fake_telegram.calls_to("sendMessage")[1].params
 
 
+async def test_an_answer_is_rendered_from_markdown_and_the_stored_text_stays_markdown(
+        fake_telegram: FakeTelegram, outbox: Outbox, sender: OutboxSender, ledger: Ledger) -> None:
+    outbox_id = outbox.enqueue(OWNER, "**Disk** at 91% & rising", purpose="answer")
+    assert outbox_id is not None
+
+    assert await sender.flush() == 1
+
+    (call,) = sent_ok(fake_telegram, "sendMessage")
+    assert (call.params["text"], call.params["parse_mode"]) == ("<b>Disk</b> at 91% &amp; rising", "HTML")  # type: ignore[attr-defined]
+    assert row(ledger, outbox_id).text == "**Disk** at 91% & rising"
+
+
+async def test_an_alert_is_sent_as_written(fake_telegram: FakeTelegram, outbox: Outbox, sender: OutboxSender) -> None:
+    outbox.enqueue(OWNER, "disk_usage_high on *host*", purpose="alert")
+
+    assert await sender.flush() == 1
+
+    (call,) = sent_ok(fake_telegram, "sendMessage")
+    assert call.params["text"] == "disk_usage_high on *host*" and "parse_mode" not in call.params  # type: ignore[attr-defined]
+
+
+async def test_a_rendered_answer_telegram_cannot_parse_arrives_as_its_plain_words(
+        fake_telegram: FakeTelegram, outbox: Outbox, sender: OutboxSender) -> None:
+    fake_telegram.fail_next("sendMessage", 400, description="Bad Request: can't parse entities: unsupported tag")
+    outbox.enqueue(OWNER, "**Disk** at 91% & `rising`", purpose="answer")
+
+    assert await sender.flush() == 1
+
+    calls = fake_telegram.calls_to("sendMessage")
+    assert [c.status for c in calls] == [400, 200]
+    assert calls[1].params["text"] == "Disk at 91% & rising" and "parse_mode" not in calls[1].params
+
+
+async def test_a_digest_photo_caption_shows_its_text_exactly_and_the_rest_follows(
+        fake_telegram: FakeTelegram, outbox: Outbox, sender: OutboxSender) -> None:
+    text = "\n\n".join(f"Section {n}: tool run_shell_cmd failed on /tmp/*_old_* <x> & " + "detail " * 40
+                        for n in range(8))
+    outbox.enqueue(OWNER, text, photo=tiny_png(), purpose="digest")
+
+    assert await sender.flush() == 1
+
+    (photo,) = sent_ok(fake_telegram, "sendPhoto")
+    assert photo.params["parse_mode"] == "HTML" and len(photo.params["caption"]) <= 1024  # type: ignore[attr-defined]
+    texts = [c.params["text"] for c in sent_ok(fake_telegram, "sendMessage")]  # type: ignore[attr-defined]
+    assert texts and all(t.startswith("Section ") for t in texts)
+    seen = [photo.result["caption"], *(c.result["text"] for c in sent_ok(fake_telegram, "sendMessage"))]  # type: ignore[attr-defined]
+    assert " ".join(" ".join(seen).split()) == " ".join(text.split())
+
+
+async def test_an_approval_request_shows_the_command_exactly(
+        fake_telegram: FakeTelegram, outbox: Outbox, sender: OutboxSender) -> None:
+    text = "Approval needed: shell `rm -rf /tmp/*.log *now*` & <more>\nWhy: risky."
+    outbox.enqueue(OWNER, text, purpose="approval")
+
+    assert await sender.flush() == 1
+
+    (call,) = sent_ok(fake_telegram, "sendMessage")
+    assert call.params["parse_mode"] == "HTML" and call.result["text"] == text  # type: ignore[attr-defined]
+
+
 async def test_background_sender_wakes_on_enqueue_and_at_the_retry_time(
         fake_telegram: FakeTelegram, bot: Bot, tmp_path: Path) -> None:
     ledger = Ledger.open(tmp_path / "live.db")  # the real clock: the task sleeps until next_attempt_at

@@ -94,6 +94,33 @@ async def test_long_answers_are_split_at_the_telegram_limit(bot: Any, fake_teleg
     assert sum(t.count("word") for t in texts) == 1800
 
 
+async def test_a_markdown_answer_arrives_rendered_as_html(bot: Any, fake_telegram: Any, fake_openai: Any) -> None:
+    fake_openai.enqueue_text("**Disk** is fine:\n\n- `/` at 40% < 80%\n- *no* alerts & no errors\n\n"
+                             "```sh\ndf -h /\n```")
+    fake_telegram.add_message("how is the disk?", user_id=OWNER)
+    (call,) = await fake_telegram.wait_for("sendMessage", predicate=lambda c: "Disk" in c.params.get("text", ""))
+    assert call.params["parse_mode"] == "HTML"
+    assert call.params["text"].startswith("<b>Disk</b> is fine:")
+    (seen,) = [text for text in fake_telegram.message_texts(OWNER) if "Disk" in text]
+    assert "**" not in seen and "```" not in seen and "<b>" not in seen
+    assert "• / at 40% < 80%" in seen and "no alerts & no errors" in seen and "df -h /" in seen
+
+
+async def test_a_long_markdown_answer_splits_between_paragraphs(bot: Any, fake_telegram: Any,
+                                                                fake_openai: Any) -> None:
+    paragraphs = [f"**Point {i}.** " + "This sentence explains it well. " * 10 for i in range(30)]
+    fake_openai.enqueue_text("\n\n".join(p.strip() for p in paragraphs),
+                             usage={"prompt_tokens": 50, "completion_tokens": 900})  # within max_tokens
+    fake_telegram.add_message("explain at length", user_id=OWNER)
+    await eventually(lambda: sum(t.count("Point") for t in fake_telegram.message_texts(OWNER)) == 30)
+    sent = [c for c in fake_telegram.calls if c.ok and "Point" in str(c.params.get("text", ""))]
+    assert len(sent) >= 3
+    for call in sent:
+        assert call.params["parse_mode"] == "HTML"
+        assert call.params["text"].startswith("<b>Point ") and call.params["text"].endswith("explains it well.")
+    assert not any("**" in text for text in fake_telegram.message_texts(OWNER))
+
+
 async def test_retry_button_reruns_the_request_on_the_strong_model(bot: Any, fake_telegram: Any,
                                                                    fake_openai: Any) -> None:
     aria, _ = bot

@@ -20,7 +20,19 @@ from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, Tele
 from aria.errors import LedgerUnavailable
 from aria.ledger import Ledger
 from aria.ledger.models import Outbox as OutboxRow
-from aria.outbox import RETRY_BASE, RETRY_CAP, Outbox, Part, backoff_seconds, message_parts, row_actions
+from aria.outbox import (
+    CAPTION_LIMIT,
+    RETRY_BASE,
+    RETRY_CAP,
+    TEXT_LIMIT,
+    Outbox,
+    Part,
+    Purpose,
+    backoff_seconds,
+    message_parts,
+    row_actions,
+)
+from aria.telegram.markup import head_html, literal_html, plain_text, telegram_parts, to_html
 from aria.telegram.send import keyboard
 
 log = logging.getLogger(__name__)
@@ -29,6 +41,11 @@ CHANNEL = "telegram"
 FLOOD_WAITS = 5  # 429s honoured in a row before the row backs off instead
 Delivery = Literal["delivered", "later", "refused"]
 Sleep = Callable[[float], Awaitable[None]]
+# Rendered as Telegram HTML at send time; the stored text stays as written. Answers and notices are Markdown (the
+# model's, or Aria's prose around them). Approvals and digests quote commands, globs and error texts that must show
+# exactly (`rm /tmp/*_old*`), so they are escaped, not parsed. Other purposes go as plain text, as before.
+MARKDOWN: frozenset[Purpose] = frozenset({"answer", "notice"})
+LITERAL: frozenset[Purpose] = frozenset({"approval", "approval-edit", "digest"})
 
 
 class OutboxSender:
@@ -170,13 +187,12 @@ class OutboxSender:
 
     async def _deliver(self, row: OutboxRow) -> tuple[Delivery, int | None]:
         assert row.id is not None
-        photo = row.payload is not None
-        parts = [Part("text", row.text)] if row.kind == "edit" else message_parts(row.text, photo=photo)
+        parts, parse_mode = _parts(row)
         message_id: int | None = None
         for index in range(self.outbox.parts_sent(row), len(parts)):
             last = index == len(parts) - 1
             try:
-                message_id = await self._send_honouring_flood(row, parts[index], buttons=last,
+                message_id = await self._send_honouring_flood(row, parts[index], parse_mode, buttons=last,
                                                               replace=len(parts) == 1)
             except (BadRequest, Forbidden, ChatMigrated) as exc:  # Telegram will refuse this message every time
                 if row.kind == "edit" and "not modified" in str(exc).lower():
@@ -212,23 +228,27 @@ class OutboxSender:
         self._backing_off = True
         log.info("outbox message %s not delivered (%s); next attempt in %.1fs", row.id, exc, wait)
 
-    async def _send_honouring_flood(self, row: OutboxRow, part: Part, *, buttons: bool, replace: bool) -> int:
+    async def _send_honouring_flood(self, row: OutboxRow, part: Part, parse_mode: str | None, *, buttons: bool,
+                                    replace: bool) -> int:
         for _ in range(FLOOD_WAITS):
             try:
-                return await self._send(row, part, buttons=buttons, replace=replace)
+                return await self._send(row, part, parse_mode, buttons=buttons, replace=replace)
             except RetryAfter as exc:
                 self.ledger.add_failure("outbox", exc, "retried", run_id=row.run_id)
                 await self._sleep(_seconds(exc))
-        return await self._send(row, part, buttons=buttons, replace=replace)  # a further 429 backs the row off
+        return await self._send(row, part, parse_mode, buttons=buttons, replace=replace)  # a further 429 backs off
 
-    async def _send(self, row: OutboxRow, part: Part, *, buttons: bool, replace: bool) -> int:
+    async def _send(self, row: OutboxRow, part: Part, parse_mode: str | None, *, buttons: bool,
+                    replace: bool) -> int:
         try:
-            return await self._send_once(row, part, row.parse_mode, buttons=buttons, replace=replace)
+            return await self._send_once(row, part, parse_mode, buttons=buttons, replace=replace)
         except BadRequest as exc:
-            if row.parse_mode is None or "parse" not in str(exc).lower():
+            if parse_mode is None or "parse" not in str(exc).lower():
                 raise
             # Markup Telegram cannot parse would be refused forever; the words still matter, so send them plain.
             log.warning("Telegram rejected the markup of outbox message %s; sending plain text", row.id)
+            if parse_mode != row.parse_mode and part.text is not None:  # rendered here from Markdown
+                part = Part(part.kind, plain_text(part.text))
             return await self._send_once(row, part, None, buttons=buttons, replace=replace)
 
     async def _send_once(self, row: OutboxRow, part: Part, parse_mode: str | None, *, buttons: bool,
@@ -253,6 +273,33 @@ class OutboxSender:
             message = await self.bot.send_message(row.chat_id, part.text or "", parse_mode=parse_mode,
                                                   reply_markup=markup)
         return message.message_id
+
+
+def _parts(row: OutboxRow) -> tuple[list[Part], str | None]:
+    """The messages a row becomes and their parse mode: Markdown purposes rendered as HTML and split cleanly."""
+    photo = row.payload is not None
+    markup = _render(row)
+    if markup is None:
+        parts = [Part("text", row.text)] if row.kind == "edit" else message_parts(row.text, photo=photo)
+        return parts, row.parse_mode
+    if row.kind == "edit":  # an edit is one message: what fits of it
+        return [Part("text", head_html(markup, TEXT_LIMIT)[0])], "HTML"
+    rendered = telegram_parts(markup, photo=photo, text_limit=TEXT_LIMIT, caption_limit=CAPTION_LIMIT)
+    return [Part("photo" if caption else "text", text or None if caption else text)
+            for text, caption in rendered], "HTML"
+
+
+def _render(row: OutboxRow) -> str | None:
+    """The row's text as Telegram HTML, or None when it goes as stored (its own parse mode, a plain purpose)."""
+    if row.parse_mode is not None:
+        return None
+    if row.purpose in MARKDOWN:
+        markup = to_html(row.text)
+    elif row.purpose in LITERAL:
+        markup = literal_html(row.text)
+    else:
+        return None
+    return markup if plain_text(markup).strip() else None
 
 
 def _seconds(exc: RetryAfter) -> float:
