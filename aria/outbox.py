@@ -244,11 +244,12 @@ class Outbox:
             return int(session.exec(select(func.count()).select_from(OutboxRow)
                                     .where(col(OutboxRow.status) == "refused")).one())
 
-    def mark_delivered(self, outbox_id: int, message_id: int | None, *, row: OutboxRow | None = None) -> None:
+    def mark_delivered(self, outbox_id: int, message_id: int | None, *, row: OutboxRow | None = None,
+                       parts: int = 1) -> None:
         """Delivered: record when and as which message (the last part, the one carrying the buttons); an approval
         request's message id goes on the approval in the same transaction, so its expiry can edit it. With the
-        `row` in hand, the statements it cannot need (part progress of a single message, no approval) are skipped:
-        this runs on every answer."""
+        `row` in hand and the number of `parts` it was sent as, the statements it cannot need (part progress of a
+        single message sent at the first attempt, no approval) are skipped: this runs on every answer."""
         with self.ledger.write_conn() as conn:
             changed = conn.execute(
                 update(_TABLE)
@@ -256,7 +257,7 @@ class Outbox:
                 .values(status="delivered", delivered_at=self.ledger.now(), message_id=message_id,
                         attempts=_TABLE.c.attempts + 1)
             ).rowcount
-            if row is None or row.attempts > 0 or len(row.text) > TEXT_LIMIT or row.payload is not None:
+            if row is None or row.attempts > 0 or parts > 1:
                 conn.execute(delete(KeyValue).where(col(KeyValue.key) == _progress_key(outbox_id)))
             if changed and message_id is not None and (row is None or row.approval_id is not None):
                 approvals = Approval.__table__  # type: ignore[attr-defined]

@@ -120,10 +120,10 @@ class RunService:
         if approval is None:
             return result
         if result == "expired":
-            await self.mark_approval(approval, "Expired: not run.")
+            self.mark_approval(approval, "Expired: not run.")
             await self.resume(approval, channel)
         elif result in ("approved", "rejected"):
-            await self.mark_approval(approval, f"{'Approved' if result == 'approved' else 'Rejected'} by you.")
+            self.mark_approval(approval, f"{'Approved' if result == 'approved' else 'Rejected'} by you.")
             await self.resume(approval, channel)
         return result
 
@@ -158,7 +158,7 @@ class RunService:
         if not self.aria.approvals.expire(approval_id):
             return False
         expired = self.aria.approvals.get(approval_id) or approval
-        await self.mark_approval(expired, "Expired: not run.")
+        self.mark_approval(expired, "Expired: not run.")
         await self.resume(expired)
         return True
 
@@ -171,7 +171,7 @@ class RunService:
         assert approval.id is not None
         self.aria.scheduler.once(f"approval-expiry:{approval.id}", approval.expires_at, self.expire, approval.id)
 
-    async def mark_approval(self, approval: Approval, line: str) -> None:
+    def mark_approval(self, approval: Approval, line: str) -> None:
         """Show the decision on the approval's message and remove its buttons: an edit, written before it is sent
         and sent on the side. Nothing to edit when the request's message never went out."""
         if approval.chat_id is None or approval.message_id is None:

@@ -206,7 +206,7 @@ class OutboxSender:
                 return "later", None
             if not last:
                 self.outbox.record_parts_sent(row.id, index + 1)
-        self.outbox.mark_delivered(row.id, message_id, row=row)
+        self.outbox.mark_delivered(row.id, message_id, row=row, parts=len(parts))
         if row.kind != "edit" and row.edit_message_id is not None and message_id != row.edit_message_id:
             await self._drop_progress(row)
         return "delivered", message_id
