@@ -45,7 +45,7 @@ RESUMABLE_TRIGGERS = ("message", "event")
 
 @dataclass
 class Report:
-    """What one recovery did, for the log and the tests."""
+    """What one recovery did, for the log."""
 
     resumed: list[int] = field(default_factory=list)
     retry_offered: list[int] = field(default_factory=list)
@@ -61,7 +61,6 @@ class Recovery:
         self.runs = runs
         self.ledger = runs.ledger
         self.approvals = runs.aria.approvals
-        self.last: Report | None = None
 
     async def run(self) -> Report:
         """Settle every unfinished run of the attached channels, then decided and expired approvals."""
@@ -76,7 +75,6 @@ class Recovery:
             self.runs.spawn(self.runs.resume(approval), f"resume approval {approval.id}")
         for approval in self.approvals.pending():
             self.runs.schedule_expiry(approval)  # a past expiry runs at once
-        self.last = report
         if orphans or report.approvals_resumed:
             log.warning("recovered after a stop: %s", report)
         return report
