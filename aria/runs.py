@@ -85,7 +85,7 @@ class RunService:
         writer = ReplyWriter(self.outbox, channel, request.chat_id, presence, notify=notify)
         try:
             async with presence:
-                outcome = await self.aria.agent.run(request, presence.note, reply=writer)
+                outcome = await self.aria.agent.run(request, presence, reply=writer)
         except LedgerUnavailable:
             await self._refuse_unwritable(channel, request.chat_id, request.text)
             return None
@@ -141,7 +141,7 @@ class RunService:
         writer = ReplyWriter(self.outbox, channel, chat_id, presence)
         try:
             async with presence:
-                outcome = await self.aria.agent.resume(fresh, presence.note, reply=writer)
+                outcome = await self.aria.agent.resume(fresh, presence, reply=writer)
         except LedgerUnavailable:
             if channel is not None and chat_id is not None:
                 await self._refuse_unwritable(channel, chat_id, fresh.summary)

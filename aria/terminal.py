@@ -43,6 +43,9 @@ class TerminalLive:
         self._out.write(f"  … {text}\n")
         self._out.flush()
 
+    def draft(self, text: str) -> None:
+        """The terminal prints the finished answer only (a partial one would be printed twice)."""
+
 
 class TerminalChannel:
     """Prints outbox rows of the terminal channel, in order; marks each delivered once printed."""

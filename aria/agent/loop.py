@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from sqlalchemy import Connection
@@ -40,7 +40,14 @@ from aria.sanitize import clean_text
 from aria.skills import SkillSet, ToolContext
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str], Awaitable[None]]
+class Progress(Protocol):
+    """A run's live view for the owner: what it is doing, and the answer as it is written."""
+
+    async def note(self, text: str) -> None:
+        """Show the current step."""
+
+    def draft(self, text: str) -> None:
+        """The answer so far, as the model streams it; must not block the stream."""
 # Writes the message that tells the owner, in the transaction that finishes the run (so neither exists alone).
 Reply = Callable[[Connection, Outcome], object]
 __all__ = ["Agent", "Progress", "Reply", "Request"]
@@ -192,7 +199,8 @@ class Agent:
             try:
                 result = await self.caller.chat(state.scope, state.messages, self._schemas(state), state.models,
                                                 want_tokens=self.settings.max_output_tokens,
-                                                min_tokens=self.settings.min_output_tokens)
+                                                min_tokens=self.settings.min_output_tokens,
+                                                on_text=progress.draft if progress is not None else None)
             except BudgetExhausted as exc:
                 return await self._wrap_up(state, f"the budget ran out ({exc.detail})", "budget")
             except PriceUnknown as exc:
@@ -265,7 +273,7 @@ class Agent:
                 state.messages.append(_tool_message(call, content or "no tools installed"))
                 continue
             if progress is not None:
-                await progress(f"Working: {call.name}…")
+                await progress.note(f"Working: {call.name}…")
             ran = await self.tools.run(state.scope, call, self._context(state.scope.run_id, state.request),
                                        offered=state.tools, provenance=state.provenance)
             if ran.status == "approval":

@@ -54,7 +54,7 @@ def build_application(aria: Aria, *,
     )
     intake = Intake(aria.ledger)
     channel = TelegramChannel(application.bot, aria.outbox, aria.ledger, intake=intake,
-                              update_queue=application.update_queue)
+                              update_queue=application.update_queue, preview_every=aria.settings.preview_seconds)
     for signalling in (request, get_updates_request):
         if signalling is not None:
             signalling.listeners.append(channel.api_succeeded)
