@@ -94,6 +94,28 @@ class RunService:
         await self.after_run(outcome, channel, writer.row_id)
         return outcome
 
+    async def carry_on(self, run_id: int, channel: Channel, chat_id: int, *, claimed: bool = False) -> Outcome | None:
+        """A Continue press on an answer cut at the output limit: the same run goes on from its kept state, within
+        its caps, once (a second press, or one on a run that is not waiting, finds nothing to take: None). The
+        caller may have `claimed` the run already (`Ledger.claim_continuation`) to answer the press first."""
+        if not self.ledger.health.writable:
+            await self._refuse_unwritable(channel, chat_id, "continue")
+            return None
+        if not claimed and not self.ledger.claim_continuation(run_id):
+            return None
+        run = self.ledger.run(run_id)
+        assert run is not None
+        presence = channel.live(chat_id)
+        writer = ReplyWriter(self.outbox, channel, chat_id, presence)
+        try:
+            async with presence:
+                outcome = await self.aria.agent.continue_run(run, presence, reply=writer)
+        except LedgerUnavailable:
+            await self._refuse_unwritable(channel, chat_id, "continue")
+            return None
+        await self.after_run(outcome, channel, writer.row_id)
+        return outcome
+
     async def reply(self, channel: Channel, chat_id: int, text: str, *, photo: bytes | None = None,
                     actions: list[Action] | None = None, purpose: str = "message",
                     approval_id: int | None = None) -> int | None:

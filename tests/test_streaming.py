@@ -14,7 +14,7 @@ from sqlmodel import select
 
 from aria.agent.state import Request
 from aria.app import Aria
-from aria.ledger import Failure, Spend
+from aria.ledger import Failure, Run, Spend
 from tests.conftest import OWNER, eventually, polling
 
 MakeAria = Callable[..., Aria]
@@ -156,3 +156,42 @@ async def test_a_429_on_a_draft_is_waited_out(streaming_bot: Aria, fake_telegram
     calls = fake_telegram.calls_to("sendMessageDraft")
     assert calls[0].status == 429 and calls[1].at - calls[0].at >= 0.95
     assert fake_telegram.drafts  # previews carried on after the wait
+
+
+# -- answers cut at the output limit ------------------------------------------------------------------------------
+
+
+async def test_a_cut_answer_says_so_and_continue_carries_on_the_same_run(make_aria: MakeAria, fake_telegram: Any,
+                                                                         fake_openai: Any) -> None:
+    aria = make_aria(telegram_bot_token=fake_telegram.token, telegram_api_url=fake_telegram.api_url,
+                     max_output_tokens=20, min_output_tokens=8)
+    first_part = "Step one: check the disk with df. " * 10  # far over 20 tokens: the server cuts it
+    fake_openai.enqueue_text(first_part)
+    fake_openai.enqueue_text("Step two: clean the logs.")
+    async with polling(aria):
+        fake_telegram.add_message("how do I free disk space?", user_id=OWNER)
+        (cut,) = await fake_telegram.wait_for("sendMessage", predicate=lambda c: "Cut short" in c.params["text"])
+        buttons = cut.params["reply_markup"]["inline_keyboard"]
+        assert [[b["text"] for b in row] for row in buttons] == [["Continue"]]
+        with aria.ledger.read() as s:
+            (run,) = s.exec(select(Run).where(Run.trigger != "schedule")).all()
+        assert (run.status, run.stop_reason) == ("ok", "length") and run.checkpoint is not None
+        data = buttons[0][0]["callback_data"]
+        fake_telegram.press_button(data, user_id=OWNER, message_id=cut.result["message_id"])
+        fake_telegram.press_button(data, user_id=OWNER, message_id=cut.result["message_id"])
+        (more,) = await fake_telegram.wait_for("sendMessage", predicate=lambda c: "Step two" in c.params["text"])
+        answers = await fake_telegram.wait_for("answerCallbackQuery", count=2)
+    assert more.params["text"].startswith("…Step two") and "Cut short" not in more.params["text"]
+    assert sorted(str(a.params.get("text")) for a in answers) == ["Already continued.", "Continuing…"]
+    # The same run went on, with the partial answer and a request to go on; no second run, one more model call.
+    second = fake_openai.completions[1].body["messages"]
+    assert second[-2]["role"] == "assistant" and second[-2]["content"].startswith("Step one")
+    assert second[-1]["role"] == "user" and "Continue exactly where it stopped" in second[-1]["content"]
+    assert len(fake_openai.completions) == 2
+    with aria.ledger.read() as s:
+        (run,) = s.exec(select(Run).where(Run.trigger != "schedule")).all()
+    assert (run.status, run.stop_reason, run.checkpoint) == ("ok", "answer", None)
+    # Later history recalls the whole answer, without the note.
+    assert run.answer is not None and run.answer.startswith("Step one") and run.answer.endswith("clean the logs.")
+    assert "Cut short" not in run.answer
+    assert len(_spend(aria, run.id)) == 2  # both calls counted against the one run's caps
