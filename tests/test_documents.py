@@ -32,7 +32,7 @@ def test_a_byte_order_mark_is_dropped_and_a_stray_bad_byte_replaced() -> None:
 
 @pytest.mark.parametrize("data", [b"ab\x00cd" * 10, bytes(range(128, 256)) * 4, b"\x01\x02\x03abc" * 20])
 def test_binary_content_is_refused(data: bytes) -> None:
-    with pytest.raises(DocumentRefused, match="binary|does not look like UTF-8 text"):
+    with pytest.raises(DocumentRefused, match=r"binary|does not look like UTF-8 text"):
         read_document("data.log", data, LIMIT)
 
 
