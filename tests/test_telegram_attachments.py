@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from sqlalchemy import event
 from sqlmodel import select
 
 from aria.app import Aria
@@ -220,3 +221,20 @@ async def test_a_retry_of_a_document_run_is_still_tainted_by_the_document(make_a
     assert [r.trigger for r in retried] == ["document"]
     untrusted = [s.result for s in _rows(aria, Step) if s.run_id == retried[0].id and s.name == "untrusted"]
     assert untrusted == ["the document backup.log (Telegram)"]
+
+
+async def test_nothing_is_downloaded_or_transcribed_while_the_ledger_cannot_be_written(
+        make_aria: MakeAria, fake_telegram: Any, fake_openai: Any) -> None:
+    async with serving(make_aria, fake_telegram, transcribe_model="whisper-1") as aria:
+        read_only = {"on": True}
+
+        @event.listens_for(aria.ledger.engine, "checkout")
+        def _mode(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:  # SQLite refuses writes while on
+            dbapi_conn.execute(f"PRAGMA query_only = {'ON' if read_only['on'] else 'OFF'}")
+
+        fake_telegram.add_message("first request", user_id=OWNER)
+        await shown(fake_telegram, "I stopped acting")
+        _send(fake_telegram, "voice", b"OggS", duration=3)
+        await shown(fake_telegram, "You asked: «(a voice note)»")
+        read_only["on"] = False
+    assert fake_openai.transcriptions == [] and fake_telegram.calls_to("getFile") == []

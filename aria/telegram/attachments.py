@@ -68,6 +68,11 @@ def forward_source(origin: str) -> str:
     return f"a message forwarded from {origin} (Telegram)"
 
 
+def attachment_kind(message: Message) -> str:
+    """What a message carries, in a few words: "a voice note", "a document", "a photo"."""
+    return "a voice note" if message.voice else "a document" if message.document else "a photo"
+
+
 def caption_request(message: Message, origin: str | None) -> Incoming:
     """A photo with a caption: the caption, with a note that the image itself is not seen. AttachmentRefused for a
     photo without one (there is nothing to act on)."""

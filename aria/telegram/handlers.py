@@ -29,6 +29,7 @@ from aria.sanitize import clean_text
 from aria.telegram.attachments import (
     NOT_READ,
     UNREADABLE,
+    attachment_kind,
     caption_request,
     document_request,
     forwarded,
@@ -137,6 +138,11 @@ async def attachment(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
     aria, intake = _aria(context), _intake(context)
     event_id = intake.event_of.pop(update.update_id, None)
     origin = forward_origin(message)
+    user_id = update.effective_user.id if update.effective_user else None
+    if not aria.ledger.health.writable:  # nothing is downloaded or paid for while nothing can be recorded
+        await aria.runs.handle(Request(text=f"({attachment_kind(message)})", channel="telegram", chat_id=chat.id,
+                                       user_id=user_id), _channel(context))  # refused there, with the reason
+        return
     try:
         if message.voice is not None:
             incoming = await voice_request(message, origin, aria.transcriber, event_id)
@@ -155,8 +161,7 @@ async def attachment(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
             intake.processed(event_id)
         return
     await aria.runs.handle(Request(text=incoming.text, trigger=incoming.trigger, channel="telegram", chat_id=chat.id,
-                                   user_id=update.effective_user.id if update.effective_user else None,
-                                   intake_id=event_id, sources=incoming.sources), _channel(context))
+                                   user_id=user_id, intake_id=event_id, sources=incoming.sources), _channel(context))
 
 
 def forward_origin(message: Message) -> str | None:
