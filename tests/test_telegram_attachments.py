@@ -238,3 +238,12 @@ async def test_nothing_is_downloaded_or_transcribed_while_the_ledger_cannot_be_w
         await shown(fake_telegram, "You asked: «(a voice note)»")
         read_only["on"] = False
     assert fake_openai.transcriptions == [] and fake_telegram.calls_to("getFile") == []
+
+
+def test_the_doctor_says_whether_voice_notes_are_on_and_priced(make_aria: MakeAria) -> None:
+    from aria.doctor import voice_notes
+
+    assert voice_notes(make_aria()).detail == "off (set ARIA_TRANSCRIBE_MODEL to transcribe them)"
+    assert voice_notes(make_aria(transcribe_model="whisper-1")).detail == "whisper-1 at $0.006 a minute (genai-prices)"
+    unpriced = voice_notes(make_aria(transcribe_model="local-whisper"))
+    assert unpriced.verdict == "fail" and "ARIA_TRANSCRIBE_USD_PER_MINUTE" in unpriced.detail
