@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -82,7 +83,8 @@ async def test_a_log_file_reaches_the_model_fenced_with_its_name_and_taints_the_
     assert run.trigger == "document" and run.status == "ok"
     untrusted = [s.result for s in _rows(aria, Step) if s.kind == "guard" and s.name == "untrusted"]
     assert untrusted == ["the document backup.log (Telegram)"]
-    assert _unprocessed(aria) == []
+    (recorded,) = [e for e in _rows(aria, Event) if e.source == INTAKE_SOURCE]  # recorded first, taken by the run
+    assert recorded.run_id == run.id and recorded.processed_at is not None and "backup.log" in (recorded.payload or "")
 
 
 async def test_what_a_document_asks_for_waits_for_approval_naming_the_file(
@@ -103,7 +105,8 @@ async def test_a_binary_file_type_is_refused_naming_what_is_read(make_aria: Make
     assert ".txt, .log, .md, .json, .csv, .yaml" in refusal.params["text"]
     assert fake_openai.completions == [] and _rows(aria, Run) == []
     assert fake_telegram.calls_to("getFile") == []  # judged by its name, never downloaded
-    assert _unprocessed(aria) == []  # answered: nothing to hand over again after a restart
+    (recorded,) = [e for e in _rows(aria, Event) if e.source == INTAKE_SOURCE]
+    assert recorded.processed_at is not None  # answered: nothing to hand over again after a restart
 
 
 async def test_an_oversize_file_is_refused_naming_the_limit(make_aria: MakeAria, fake_telegram: Any,
@@ -247,3 +250,24 @@ def test_the_doctor_says_whether_voice_notes_are_on_and_priced(make_aria: MakeAr
     assert voice_notes(make_aria(transcribe_model="whisper-1")).detail == "whisper-1 at $0.006 a minute (genai-prices)"
     unpriced = voice_notes(make_aria(transcribe_model="local-whisper"))
     assert unpriced.verdict == "fail" and "ARIA_TRANSCRIBE_USD_PER_MINUTE" in unpriced.detail
+
+
+async def test_a_voice_note_recorded_before_a_crash_is_answered_once_and_every_transcription_counts(
+        make_aria: MakeAria, fake_telegram: Any, fake_openai: Any) -> None:
+    update = fake_telegram.make_attachment_update("voice", b"OggS", user_id=OWNER, duration=20)
+    first = make_aria(telegram_bot_token=fake_telegram.token, telegram_api_url=fake_telegram.api_url,
+                      transcribe_model="whisper-1")
+    # The process recorded the note and paid for its transcription, then died before the run opened.
+    event_id = first.ledger.record_event(INTAKE_SOURCE, status="accepted", verified=True,
+                                         delivery_id=str(update["update_id"]), user_id=OWNER,
+                                         payload=json.dumps(update))
+    assert first.transcriber is not None
+    await first.transcriber.transcribe(b"OggS", "voice.ogg", 20, event_id=event_id)
+    fake_openai.enqueue_transcription("is the VPN up?", seconds=20)
+    fake_openai.enqueue_text("The VPN is up.")
+    async with serving(make_aria, fake_telegram, transcribe_model="whisper-1") as second:
+        await shown(fake_telegram, "The VPN is up.")
+    (run,) = _rows(second, Run)
+    heard = [s for s in _rows(second, Spend) if s.model == "whisper-1"]
+    assert [(s.cost_micros, s.run_id, s.event_id) for s in heard] == [(2000, run.id, event_id)] * 2  # both billed
+    assert fake_telegram.sent_texts(OWNER).count("The VPN is up.") == 1

@@ -19,7 +19,7 @@ import logging
 import math
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import openai
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from aria.config import Settings
 
 log = logging.getLogger(__name__)
-PriceSource = str  # "setting" (ARIA_TRANSCRIBE_USD_PER_MINUTE) or "genai-prices"
+PriceSource = Literal["setting", "genai-prices"]  # ARIA_TRANSCRIBE_USD_PER_MINUTE, or the table
 _MICROS = Decimal(1_000_000)
 
 

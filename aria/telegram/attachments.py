@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 from telegram import Message
 from telegram.error import TelegramError
@@ -43,6 +44,9 @@ UNREADABLE = ("I can read text messages, photo captions, text files (.txt, .log,
               "voice notes; not this kind of message.")
 
 
+Trigger = Literal["message", "forward", "document"]  # the owner's words, a forward, a document
+
+
 class AttachmentRefused(AriaError):
     """An attachment was not read: the message says why, for the owner."""
 
@@ -52,7 +56,7 @@ class Incoming:
     """A message made into a request: its text for the model, its trigger, and the untrusted sources it carries."""
 
     text: str
-    trigger: str = "message"
+    trigger: Trigger = "message"
     sources: tuple[str, ...] = ()
 
 
