@@ -7,11 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from sqlalchemy import event
 from sqlmodel import select
 
 from aria.app import Aria
 from aria.ledger import Event, Run, Spend, Step
+from aria.llm.transcription import TranscriptionRefused
 from aria.telegram.attachments import PHOTO_NOTE, UNREADABLE, VOICE_OFF
 from aria.telegram.intake import SOURCE as INTAKE_SOURCE
 from tests.conftest import OWNER, polling
@@ -271,3 +273,12 @@ async def test_a_voice_note_recorded_before_a_crash_is_answered_once_and_every_t
     heard = [s for s in _rows(second, Spend) if s.model == "whisper-1"]
     assert [(s.cost_micros, s.run_id, s.event_id) for s in heard] == [(2000, run.id, event_id)] * 2  # both billed
     assert fake_telegram.sent_texts(OWNER).count("The VPN is up.") == 1
+
+
+async def test_a_transcription_that_would_pass_the_day_cap_is_not_made(make_aria: MakeAria,
+                                                                       fake_openai: Any) -> None:
+    aria = make_aria(transcribe_model="whisper-1", day_max_usd=0.005)
+    assert aria.transcriber is not None
+    with pytest.raises(TranscriptionRefused, match=r"\$0\.0050 is left of today's budget \(ARIA_DAY_MAX_USD\)"):
+        await aria.transcriber.transcribe(b"OggS", "voice.ogg", 60)  # $0.0061 at worst
+    assert fake_openai.transcriptions == [] and _rows(aria, Spend) == []
