@@ -11,10 +11,11 @@ import pytest
 from sqlalchemy import event
 from sqlmodel import select
 
+from aria.agent.provenance import untrusted_sources
 from aria.app import Aria
 from aria.ledger import Event, Run, Spend, Step
 from aria.llm.transcription import TranscriptionRefused
-from aria.telegram.attachments import PHOTO_NOTE, UNREADABLE, VOICE_OFF
+from aria.telegram.attachments import UNREADABLE, VOICE_OFF
 from aria.telegram.intake import SOURCE as INTAKE_SOURCE
 from tests.conftest import OWNER, polling
 from tests.test_approvals import shown
@@ -49,16 +50,18 @@ def _unprocessed(aria: Aria) -> list[Event]:
     return [e for e in _rows(aria, Event) if e.source == INTAKE_SOURCE and e.processed_at is None]
 
 
-async def test_a_photo_caption_reaches_the_model_as_the_owners_words(make_aria: MakeAria, fake_telegram: Any,
+async def test_a_photo_caption_reaches_the_model_fenced_and_taints_the_run(make_aria: MakeAria, fake_telegram: Any,
                                                                      fake_openai: Any) -> None:
     fake_openai.enqueue_text("That is a rack of three servers.")
     async with serving(make_aria, fake_telegram) as aria:
         _send(fake_telegram, "photo", b"\xff\xd8jpeg", caption="what is in this rack?")
         await shown(fake_telegram, "That is a rack of three servers.")
     asked = _asked(fake_openai)
-    assert asked.startswith("what is in this rack?") and PHOTO_NOTE in asked and "<tool_output" not in asked
+    assert "not shown to you" in asked and "photo_caption" in asked and "what is in this rack?" in asked
+    assert asked.index("<tool_output") < asked.index("what is in this rack?")  # inside the fence
     (run,) = _rows(aria, Run)
-    assert run.trigger == "message" and run.status == "ok"
+    assert run.trigger == "photo" and run.status == "ok"
+    assert untrusted_sources(aria.ledger, run.id) == ["a photo caption (Telegram)"]
     assert _unprocessed(aria) == []
 
 

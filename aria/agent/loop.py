@@ -405,7 +405,8 @@ class Agent:
                 f"{run.steps} steps.")
 
 
-_UNTRUSTED_TRIGGERS = {"event": "an event's payload", "forward": "a forwarded message", "document": "a document"}
+_UNTRUSTED_TRIGGERS = {"event": "an event's payload", "forward": "a forwarded message", "document": "a document",
+                       "photo": "a photo caption"}
 
 
 def request_sources(request: Request) -> tuple[str, ...]:

@@ -1,7 +1,9 @@
 """What the owner sends beyond text, made into a request: a photo's caption, a document, a voice note.
 
 Whose words are whose decides everything here:
-- a caption is the words of whoever sent the message: the owner's, or (forwarded) its sender's, fenced;
+- a photo's caption is read as untrusted content, fenced and tainting the run (a caption often carries text
+  copied from what the photo shows, and nothing marks which); a forwarded one names its sender;
+- a document's caption is the owner's question about it (their words, unless forwarded), outside the fence;
 - a document's content is never the owner's words: it is fenced as data under its file name, and the run is tainted
   by it (as a page taints one), so what it leads to asks the owner and names the file; such a run's trigger is
   `document` (kept out of the chat's history, whose user turns count as the owner's words);
@@ -19,8 +21,8 @@ from typing import Literal
 from telegram import Message
 from telegram.error import TelegramError
 
+from aria.agent.provenance import caption_request_text, forwarded_request
 from aria.agent.provenance import document_request as fenced_document
-from aria.agent.provenance import forwarded_request
 from aria.documents import (
     Document,
     DocumentRefused,
@@ -39,12 +41,13 @@ VOICE_OFF = ("Voice notes are off, so I can't listen to that. To turn them on, s
              "speech-to-text model your endpoint serves (whisper-1 on OpenAI), and ARIA_TRANSCRIBE_BASE_URL if "
              "another server transcribes. Meanwhile, please type it.")
 PHOTO_ONLY = ("I can't look at images. Send the photo again with a caption saying what you want, or type it.")
+PHOTO_SOURCE = "a photo caption (Telegram)"
 PHOTO_NOTE = "[The owner attached a photo, which is not shown to you: answer from this text alone.]"
 UNREADABLE = ("I can read text messages, photo captions, text files (.txt, .log, .md, .json, .csv, .yaml) and "
               "voice notes; not this kind of message.")
 
 
-Trigger = Literal["message", "forward", "document"]  # the owner's words, a forward, a document
+Trigger = Literal["message", "forward", "document", "photo"]  # the owner's words, a forward, a document, a caption
 
 
 class AttachmentRefused(AriaError):
@@ -83,8 +86,10 @@ def caption_request(message: Message, origin: str | None) -> Incoming:
     caption = clean_text(message.caption or "").strip()
     if not caption:
         raise AttachmentRefused(PHOTO_ONLY)
-    said = forwarded(origin, caption)
-    return Incoming(f"{said.text}\n\n{PHOTO_NOTE}", said.trigger, said.sources)
+    if origin is not None:
+        said = forwarded(origin, caption)
+        return Incoming(f"{said.text}\n\n{PHOTO_NOTE}", said.trigger, said.sources)
+    return Incoming(caption_request_text(caption), "photo", (PHOTO_SOURCE,))
 
 
 async def read_telegram_document(message: Message, max_bytes: int) -> Document:
