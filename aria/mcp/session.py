@@ -57,7 +57,7 @@ class ServerConnection:
         self.failures = 0  # consecutive failed connections
         self._target = target  # an in-process server for tests, instead of the configured transport
         self._log_dir = log_dir
-        self._backoff_first = backoff_first
+        self.backoff_first = backoff_first
         self._watch_every = watch_every
         self._client: Client | None = None
         self._lost = asyncio.Event()
@@ -133,7 +133,7 @@ class ServerConnection:
                 raise
             except Exception as exc:  # noqa: BLE001 - any way a server fails is reported, then retried
                 self._went_down(exc)
-            delay = min(BACKOFF_MAX, self._backoff_first * 2 ** min(self.failures - 1, 16))
+            delay = min(BACKOFF_MAX, self.backoff_first * 2 ** min(self.failures - 1, 16))
             await asyncio.sleep(delay)
 
     async def _session(self) -> None:
