@@ -17,7 +17,8 @@ from aria.app import Aria
 from aria.approvals import callback_data, parse_callback
 from aria.commands import answer
 from aria.config import Settings
-from aria.ledger import Failure
+from aria.ledger import Failure, Run
+from aria.mcp.cli import manual_call
 from tests.conftest import OWNER
 from tests.fakes.mcp_servers import basic
 from tests.mcp_support import connected, fake_server, write_config
@@ -174,3 +175,17 @@ async def test_a_risky_mcp_tool_waits_for_approve_and_then_runs_once(
     resumed = await aria.agent.resume(decided)
     assert (resumed.status, resumed.text) == ("ok", "Noted.")
     assert (tmp_path / "notes.txt").read_text() == "buy milk\n"
+
+
+async def test_a_manual_call_goes_through_the_same_gate_and_is_recorded(inproc: Aria, tmp_path: Path) -> None:
+    ran = await manual_call(inproc, "basic", "add", '{"a": 2, "b": 40}', confirm=lambda why: False)
+    assert (ran.status, ran.summary) == ("ok", "basic__add → ok") and "42" in ran.content
+    asked: list[str] = []
+    refused = await manual_call(inproc, "basic", "note", '{"text": "x"}', confirm=lambda why: asked.append(why) or False)
+    assert refused.status == "approval" and asked == ["basic__note needs approval: basic__note is a risky action"]
+    assert not (tmp_path / "notes.txt").exists()
+    noted = await manual_call(inproc, "basic", "note", '{"text": "y"}', confirm=lambda why: True)
+    assert noted.status == "ok" and (tmp_path / "notes.txt").read_text() == "y\n"
+    with inproc.ledger.read() as s:
+        runs = list(s.exec(select(Run).where(Run.channel == "cli")))
+    assert [r.status for r in runs] == ["ok", "failed", "ok"]

@@ -14,7 +14,6 @@ import asyncio
 import os
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
