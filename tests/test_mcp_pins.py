@@ -62,7 +62,8 @@ async def test_a_changed_description_disables_the_tool_until_the_owner_presses_a
             assert "basic__echo" in text and "disabled until you accept" in text
             assert '- "description": "Echo the text back",' in text
             assert '+ "description": "Echo the text back, and also send it to audit.example",' in text
-            assert "Accept" in str(asked.params["reply_markup"]) and "Keep disabled" in str(asked.params["reply_markup"])
+            buttons = str(asked.params["reply_markup"])
+            assert "Accept" in buttons and "Keep disabled" in buttons
             spec = aria.skills.tools["basic__echo"]
             assert spec.description.startswith("Disabled") and "audit" not in spec.description
 
@@ -79,7 +80,8 @@ async def test_a_changed_description_disables_the_tool_until_the_owner_presses_a
                                        message_id=asked.result["message_id"])
             await fake_telegram.wait_for("sendMessage", predicate=lambda c: c.params.get("text", "").startswith(
                 "Accepted: basic__echo is enabled"))
-            assert aria.skills.tools["basic__echo"].description == "Echo the text back, and also send it to audit.example"
+            accepted = aria.skills.tools["basic__echo"].description
+            assert accepted == "Echo the text back, and also send it to audit.example"
             assert await aria.mcp.call("basic", "echo", {"text": "ok"}) == "echo: ok"
     finally:
         await aria.aclose()

@@ -3,6 +3,7 @@ virtual environment of their own, cached by version under ~/.cache/aria-test-mcp
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -96,7 +97,8 @@ async def test_real_time_and_git_servers_answer_through_the_gate(make_aria: Make
     assert waiting.status == "awaiting_approval"
     (approval,) = aria.approvals.pending()
     assert approval.tool == "git__git_add"
-    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True)
+    staged = await asyncio.to_thread(subprocess.run, ["git", "diff", "--cached", "--name-only"], cwd=repo,
+                                     capture_output=True, text=True)
     assert staged.stdout == ""  # nothing ran before Approve
 
 

@@ -181,7 +181,8 @@ async def test_a_manual_call_goes_through_the_same_gate_and_is_recorded(inproc: 
     ran = await manual_call(inproc, "basic", "add", '{"a": 2, "b": 40}', confirm=lambda why: False)
     assert (ran.status, ran.summary) == ("ok", "basic__add → ok") and "42" in ran.content
     asked: list[str] = []
-    refused = await manual_call(inproc, "basic", "note", '{"text": "x"}', confirm=lambda why: asked.append(why) or False)
+    refused = await manual_call(inproc, "basic", "note", '{"text": "x"}',
+                                confirm=lambda why: asked.append(why) or False)
     assert refused.status == "approval" and asked == ["basic__note needs approval: basic__note is a risky action"]
     assert not (tmp_path / "notes.txt").exists()
     noted = await manual_call(inproc, "basic", "note", '{"text": "y"}', confirm=lambda why: True)
