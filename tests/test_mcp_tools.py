@@ -4,6 +4,10 @@ server in-process; a hanging server, a crashing one and one that cannot start ov
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,7 +25,7 @@ from aria.ledger import Failure, Run
 from aria.mcp.cli import manual_call
 from tests.conftest import OWNER
 from tests.fakes.mcp_servers import basic
-from tests.mcp_support import connected, fake_server, write_config
+from tests.mcp_support import FAKES, connected, fake_server, write_config
 
 MakeAria = Callable[..., Aria]
 
@@ -190,3 +194,37 @@ async def test_a_manual_call_goes_through_the_same_gate_and_is_recorded(inproc: 
     with inproc.ledger.read() as s:
         runs = list(s.exec(select(Run).where(Run.channel == "cli")))
     assert [r.status for r in runs] == ["ok", "failed", "ok"]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_a_streamable_http_server_gets_its_headers_from_the_environment_and_never_shows_them(
+        make_aria: MakeAria, fake_openai: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port, token = _free_port(), "tok-9f8e7d6c5b4a39281706"
+    server = subprocess.Popen([sys.executable, str(FAKES), "http", str(port)], env={**os.environ,
+                              "MCP_FAKE_TOKEN": token, "MCP_FAKE_NOTES": str(tmp_path / "notes.txt")})
+    try:
+        url = f"http://127.0.0.1:{port}/mcp"
+        config = write_config(tmp_path / "mcp.toml", {
+            "hosted": {"url": url, "headers": {"Authorization": "Bearer ${HOSTED_TOKEN}"}, "timeout": 5},
+            "wrong": {"url": url, "headers": {"Authorization": "Bearer ${WRONG_TOKEN}"}, "timeout": 5},
+        })
+        monkeypatch.setenv("HOSTED_TOKEN", token)
+        monkeypatch.setenv("WRONG_TOKEN", "tok-0000000000000000000000")
+        aria = make_aria(mcp_config=config)
+        for connection in aria.mcp.servers.values():
+            connection.backoff_first = 0.2  # the server may still be starting
+        await connected(aria, "hosted")
+        assert await aria.mcp.call("hosted", "echo", {"text": "over http"}) == "echo: over http"
+        wrong = aria.mcp.servers["wrong"]
+        await asyncio.wait_for(wrong.settled.wait(), 10)
+        shown = "\n".join([(await answer(aria, "mcp", []))[0].text, *(f.message for f in _failures(aria))])
+        assert wrong.state != "up" and "hosted: up" in shown and "wrong: up" not in shown
+        assert token not in shown and "tok-0000000000000000000000" not in shown
+    finally:
+        server.terminate()
+        await asyncio.to_thread(server.wait, 5)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -205,9 +205,7 @@ class ServerConnection:
                                            cwd=self.config.cwd)
             return stdio_client(params, errlog=errlog)
         assert self.config.url is not None
-        http = httpx2.AsyncClient(headers=self.config.resolved_headers(dict(os.environ)),
-                                  timeout=httpx2.Timeout(30.0, read=300.0))
-        return streamable_http_client(self.config.url, http_client=http)
+        return _http_transport(self.config.url, self.config.resolved_headers(dict(os.environ)))
 
     @contextlib.contextmanager
     def _errlog(self) -> Iterator[TextIO]:
@@ -218,6 +216,14 @@ class ServerConnection:
         self._log_dir.mkdir(parents=True, exist_ok=True)
         with (self._log_dir / f"mcp-{self.name}.log").open("a", encoding="utf-8") as errlog:
             yield errlog
+
+
+@contextlib.asynccontextmanager
+async def _http_transport(url: str, headers: dict[str, str]) -> AsyncIterator[Any]:
+    """Streamable HTTP with the configured headers, on an HTTP client that closes with the session."""
+    async with (httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0)) as http,
+                streamable_http_client(url, http_client=http) as streams):
+        yield streams
 
 
 async def _list_all(client: Client) -> list[Tool]:

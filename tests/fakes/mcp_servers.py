@@ -4,6 +4,8 @@
                                               page (hostile text); MCP_FAKE_VARIANT=2 changes echo's description
     python tests/fakes/mcp_servers.py many    100 read-only tools, for the lean-context bench
     python tests/fakes/mcp_servers.py broken  exits at start, before speaking MCP
+    python tests/fakes/mcp_servers.py http PORT   `basic` over Streamable HTTP on 127.0.0.1:PORT/mcp, answering only
+                                              requests with `Authorization: Bearer $MCP_FAKE_TOKEN` (401 otherwise)
 
 Nothing here imports Aria: a server is a separate process, as a real one would be.
 """
@@ -92,10 +94,30 @@ def _answer(name: str):  # type: ignore[no-untyped-def]
     return handler
 
 
+def http(port: int) -> None:
+    """`basic` over Streamable HTTP behind a bearer token, as a hosted server would be."""
+    import uvicorn
+
+    app = basic().streamable_http_app()
+    expected = f"Bearer {os.environ['MCP_FAKE_TOKEN']}".encode()
+
+    async def guarded(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "http" and dict(scope["headers"]).get(b"authorization") != expected:
+            await send({"type": "http.response.start", "status": 401, "headers": []})
+            await send({"type": "http.response.body", "body": b"unauthorized"})
+            return
+        await app(scope, receive, send)
+
+    uvicorn.run(guarded, host="127.0.0.1", port=port, log_level="warning")
+
+
 def main() -> None:
     kind = sys.argv[1] if len(sys.argv) > 1 else "basic"
     if kind == "broken":
         sys.exit("cannot start: missing credentials")
+    if kind == "http":
+        http(int(sys.argv[2]))
+        return
     server = basic() if kind == "basic" else many()
     asyncio.run(server.run_stdio_async())
 
