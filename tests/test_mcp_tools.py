@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -205,8 +204,8 @@ def _free_port() -> int:
 async def test_a_streamable_http_server_gets_its_headers_from_the_environment_and_never_shows_them(
         make_aria: MakeAria, fake_openai: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     port, token = _free_port(), "tok-9f8e7d6c5b4a39281706"
-    server = subprocess.Popen([sys.executable, str(FAKES), "http", str(port)], env={**os.environ,
-                              "MCP_FAKE_TOKEN": token, "MCP_FAKE_NOTES": str(tmp_path / "notes.txt")})
+    server = await asyncio.create_subprocess_exec(sys.executable, str(FAKES), "http", str(port), env={
+        **os.environ, "MCP_FAKE_TOKEN": token, "MCP_FAKE_NOTES": str(tmp_path / "notes.txt")})
     try:
         url = f"http://127.0.0.1:{port}/mcp"
         config = write_config(tmp_path / "mcp.toml", {
@@ -227,4 +226,4 @@ async def test_a_streamable_http_server_gets_its_headers_from_the_environment_an
         assert token not in shown and "tok-0000000000000000000000" not in shown
     finally:
         server.terminate()
-        await asyncio.to_thread(server.wait, 5)
+        await asyncio.wait_for(server.wait(), 5)
