@@ -16,7 +16,7 @@ import pytest
 
 from aria.agent.state import Request
 from aria.app import Aria
-from tests.conftest import aria_cli
+from tests.conftest import OWNER, aria_cli, eventually, polling
 from tests.mcp_support import connected, fake_server, write_config
 
 SERVERS = ("mcp-server-time==2026.10.19", "mcp-server-git==2026.10.19")
@@ -53,6 +53,16 @@ def real_servers() -> Iterator[Path]:
 def _server(bin_dir: Path, script: str, *args: str, **fields: Any) -> dict[str, Any]:
     # Through the venv's interpreter: the cached venv was built under another name, which its script shebangs keep.
     return {"command": str(bin_dir / "python"), "args": [str(bin_dir / script), *args], **fields}
+
+
+async def _reply(fake_telegram: Any, start: str) -> Any:
+    """The message (sent, or a progress note edited into it) whose text starts with `start`."""
+    def found() -> list[Any]:
+        return [c for c in fake_telegram.calls if c.method in ("sendMessage", "editMessageText")
+                and str(c.params.get("text", "")).startswith(start)]
+
+    await eventually(lambda: bool(found()), timeout=15)
+    return found()[0]
 
 
 @pytest.fixture
@@ -113,3 +123,32 @@ def test_aria_mcp_list_shows_every_servers_state(real_servers: Path, tmp_path: P
     assert "✅ time: up" in done.stdout and "time__get_current_time (safe)" in done.stdout
     assert "⚠ broken: down" in done.stdout and "cannot start: missing credentials" in done.stdout
 
+
+
+async def test_through_telegram_a_real_server_answers_and_a_hanging_one_degrades_while_the_bot_keeps_answering(
+        make_aria: MakeAria, fake_openai: Any, fake_telegram: Any, real_servers: Path, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "mcp.toml", {
+        "time": _server(real_servers, "mcp-server-time", "--local-timezone", "UTC", timeout=10),
+        "basic": fake_server("basic", timeout=2, env={"MCP_FAKE_NOTES": str(tmp_path / "notes.txt")}),
+    })
+    aria = make_aria(mcp_config=config, telegram_bot_token=fake_telegram.token,
+                     telegram_api_url=fake_telegram.api_url)
+    async with polling(aria):
+        await connected(aria, "time", "basic", timeout=30)
+        fake_openai.enqueue_tool_call("time__get_current_time", {"timezone": "Asia/Tokyo"})
+        fake_openai.enqueue_text("In Tokyo it is the next morning.")
+        fake_telegram.add_message("what time is it in Tokyo?", user_id=OWNER)
+        await _reply(fake_telegram, "In Tokyo it is the next morning.")
+        told = [m["content"] for m in fake_openai.completions[1].body["messages"] if m["role"] == "tool"]
+        assert told[0].startswith('<tool_output tool="time__get_current_time"') and "Asia/Tokyo" in told[0]
+
+        fake_openai.enqueue_tool_call("basic__hang", {})
+        fake_openai.enqueue_text("pong")
+        fake_openai.enqueue_text("The basic server did not answer.")
+        fake_telegram.add_message("call hang", user_id=OWNER)
+        await fake_openai.wait_for_requests(3)
+        fake_telegram.add_message("ping", user_id=OWNER)
+        pong = await _reply(fake_telegram, "pong")
+        degraded = await _reply(fake_telegram, "I couldn't reach MCP server basic; here is what I know anyway")
+        assert pong.at < degraded.at  # answered while the other request waited on the hung server
+        assert "The basic server did not answer." in degraded.params["text"]
