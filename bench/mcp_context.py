@@ -59,9 +59,14 @@ async def _requests(aria: Aria, fake: FakeOpenAI, tool: str | None) -> dict[str,
 async def measure() -> dict[str, Any]:
     """Both sides in one run: no MCP server, then the 100-tool server."""
     with FakeOpenAI() as fake, tempfile.TemporaryDirectory() as folder:
+        warm = Aria.build(settings_for(Path(folder) / "warm", fake.base_url))
+        try:
+            await warm.agent.run(Request("hello"))  # imports and first-use costs, so both builds below start equal
+        finally:
+            await warm.aclose()
         base = Aria.build(settings_for(Path(folder) / "base", fake.base_url))
         try:
-            started = time.perf_counter()  # the first answer of a fresh build, as below
+            started = time.perf_counter()  # the first answer of a fresh build, as with the server below
             await base.agent.run(Request("hello"))
             base_first = time.perf_counter() - started
             baseline = await _requests(base, fake, None)
