@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -39,6 +40,7 @@ BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 300.0
 WATCH_EVERY = 30.0  # seconds between listings that check the server is alive (and its tools unchanged)
 MAX_PAGES = 20
+STABLE = 60.0  # seconds up after which a server that dies counts as a new outage, with the backoff reset
 
 
 class ServerConnection:
@@ -54,7 +56,8 @@ class ServerConnection:
         self.state: ServerState = "starting"
         self.error: str | None = None
         self.tools: list[Tool] = []
-        self.failures = 0  # consecutive failed connections
+        self.failures = 0  # consecutive failed connections (a session shorter than STABLE counts as one)
+        self._up_since: float | None = None
         self._target = target  # an in-process server for tests, instead of the configured transport
         self._log_dir = log_dir
         self.backoff_first = backoff_first
@@ -165,14 +168,17 @@ class ServerConnection:
 
     def _up(self, client: Client, tools: list[Tool]) -> None:
         self._client, self.tools = client, tools
-        self.state, self.error, self.failures = "up", None, 0
+        self.state, self.error, self._up_since = "up", None, time.monotonic()
         self.on_tools(self, tools)
         self.connected.set()
         self.settled.set()
         log.info("MCP server %s is up with %d tools", self.name, len(tools))
 
     def _went_down(self, exc: BaseException) -> None:
-        self.failures += 1
+        lasted = time.monotonic() - self._up_since if self._up_since is not None else 0.0
+        # A server that dies soon after each start keeps backing off (and is reported once, not every cycle).
+        self.failures = 1 if lasted >= STABLE else self.failures + 1
+        self._up_since = None
         self.state = "down"
         said = self._last_words()
         reason = _reason(exc) + (f"; its stderr says: {said}" if said else "")
