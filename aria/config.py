@@ -99,6 +99,7 @@ class Settings(BaseSettings):
 
     # Skills
     skills_dir: Path | None = None
+    mcp_config: Path | None = None  # a TOML file of MCP servers whose tools join Aria's (aria/mcp/config.py)
     shell_enabled: bool = True  # run_command exists, always behind approval unless the policy allowlists it
     shell_timeout_seconds: float = Field(default=30.0, gt=0)
     shell_env: CommaStrs = Field(default_factory=list)  # names passed to commands beside PATH, HOME, LANG, TZ

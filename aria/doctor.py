@@ -43,6 +43,22 @@ async def run_checks(aria: Aria) -> list[Check]:
     checks.append(await _bot_api(aria))
     checks += await _model_endpoint(aria)
     checks.append(voice_notes(aria))
+    checks += await _mcp_servers(aria)
+    return checks
+
+
+async def _mcp_servers(aria: Aria) -> list[Check]:
+    """Each MCP server in ARIA_MCP_CONFIG: started here, given its timeout to connect, then closed."""
+    from aria.mcp.cli import listing
+    from aria.mcp.views import server_line
+
+    if not aria.mcp.servers:
+        return []
+    await listing(aria)
+    checks = [Check(f"mcp {c.name}", "ok" if c.state == "up" else "fail",
+                    server_line(c) + (f", {len(c.tools)} tools" if c.state == "up" else ""))
+              for c in aria.mcp.servers.values()]
+    await aria.mcp.stop()
     return checks
 
 

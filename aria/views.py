@@ -10,6 +10,8 @@ from sqlmodel import col, select
 
 from aria.ledger import MICROS, Event, Failure, Run
 from aria.ledger.reports import local_day_bounds
+from aria.mcp.views import skill_state
+from aria.mcp.views import status_lines as mcp_status_lines
 
 if TYPE_CHECKING:
     from aria.app import Aria
@@ -23,6 +25,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("approvals", "actions waiting for your approval"),
     ("pause", "stop every risky and scheduled action"),
     ("resume", "let actions run again"),
+    ("mcp", "MCP servers and their tools; /mcp accept|keep <tool> after a tool's definition changed"),
 ]
 LEVELS = ("shadow", "ask", "auto")
 
@@ -41,6 +44,9 @@ def skills_text(aria: Aria) -> str:
     lines: list[str] = []
     for skill in aria.skills.skills:
         lines.append(f"{skill.name}: {skill.description}")
+        server = skill_state(aria.mcp, skill.name)
+        if server is not None:
+            lines.append(f"  {server}")
         lines += [f"  • {t.name} ({t.risk}, {aria.gate.autonomy(t)})" for t in skill.tools]
     for broken in aria.skills.broken:
         lines.append(f"⚠ {broken.name} failed to load: {broken.error}")
@@ -96,6 +102,7 @@ def status_text(aria: Aria) -> str:
     lines += aria.digests.status_lines()
     if events:
         lines.append("Events today: " + ", ".join(f"{k} {v}" for k, v in sorted(events.items())))
+    lines += mcp_status_lines(aria.mcp)
     if aria.skills.broken:
         lines.append("Broken skills: " + ", ".join(b.name for b in aria.skills.broken))
     return "\n".join(lines)

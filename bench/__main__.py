@@ -48,6 +48,7 @@ BENCHES = (
     Bench("crash", "8. Crashes: SIGKILL and restart", "bench.crash", quick=("--kills", "6")),
     Bench("attacks", "9. Attack success rate, model fully hijacked", "bench.attacks", quick=("--per-class", "3")),
     Bench("streaming", "10. Time to first visible text, streamed", "bench.streaming", quick=("--turns", "2")),
+    Bench("mcp", "11. Lean context with 100 MCP tools", "bench.mcp_context"),
 )
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as runner
-from bench import budget_precision, idle, memory, startup, streaming, telegram_turn, turn
+from bench import budget_precision, idle, mcp_context, memory, startup, streaming, telegram_turn, turn
 
 
 def test_telegram_turn_times_the_floor_and_both_ways_of_chatting_with_aria() -> None:
@@ -31,6 +31,12 @@ def test_fixed_context_reports_the_hello_prompt_and_the_loop_against_a_bare_call
     assert "prompt tokens for 'hello'" in report
     assert "prompt tokens for a one-tool request" in report
     assert "one bare openai call" in report
+
+
+def test_mcp_context_reports_hello_and_a_one_tool_request_with_100_mcp_tools() -> None:
+    report = mcp_context.main([])
+    assert "| MCP tools installed | 100 (one stdio server) |" in report
+    assert "prompt tokens for 'hello'" in report and "prompt tokens for a one-tool request" in report
 
 
 def test_memory_reads_the_floor_and_both_aria_processes_at_every_checkpoint() -> None:

@@ -267,6 +267,25 @@ def m008_run_answer(conn: Connection) -> None:
     """)
 
 
+def m010_mcp(conn: Connection) -> None:
+    """MCP tool definitions pinned when first seen: a changed description or schema waits for the owner."""
+    _run(conn, """
+    CREATE TABLE mcp_pin (
+        id INTEGER NOT NULL PRIMARY KEY,
+        server VARCHAR NOT NULL,
+        tool VARCHAR NOT NULL,
+        digest VARCHAR NOT NULL,
+        definition VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        pending_digest VARCHAR,
+        pending_definition VARCHAR,
+        first_seen DATETIME NOT NULL,
+        updated_at DATETIME NOT NULL
+    );
+    CREATE UNIQUE INDEX ix_mcp_pin_server_tool ON mcp_pin (server, tool)
+    """)
+
+
 def m014_intake(conn: Connection) -> None:
     """Spend rows can name the recorded message they were made for (a voice note's transcription, before any run),
     so the run that answers it adopts them. The partial index keeps that look-up, made as every run opens, tiny."""
@@ -278,7 +297,7 @@ def m014_intake(conn: Connection) -> None:
 
 MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events,
                                m005_hot_path_indexes, m006_durable_runs, m007_event_replay_key, m008_run_answer,
-                               m014_intake]
+                               m010_mcp, m014_intake]
 
 
 def applied(conn: Connection) -> set[str]:

@@ -224,3 +224,20 @@ class Reminder(SQLModel, table=True):
     created_at: dt.datetime
     run_id: int | None = None
     fired_at: dt.datetime | None = None
+
+
+class McpPin(SQLModel, table=True):
+    """An MCP tool's definition as the owner trusts it (first seen, or accepted), and a changed one awaiting review."""
+
+    __tablename__ = "mcp_pin"
+
+    id: int | None = Field(default=None, primary_key=True)
+    server: str
+    tool: str
+    digest: str  # sha256 of the trusted definition
+    definition: str  # the trusted definition: description, input schema, annotations (JSON)
+    status: str = "trusted"  # trusted; changed (disabled, owner asked); declined (kept disabled by the owner)
+    pending_digest: str | None = None
+    pending_definition: str | None = None
+    first_seen: dt.datetime
+    updated_at: dt.datetime

@@ -24,6 +24,7 @@ from aria.app import Aria
 from aria.telegram import handlers
 from aria.telegram.channel import TelegramChannel
 from aria.telegram.intake import Intake
+from aria.telegram.mcp_buttons import mcp_button
 from aria.telegram.request import SignallingRequest
 from aria.telegram.watchdog import WatchedRequest
 
@@ -70,6 +71,7 @@ def build_application(aria: Aria, *,
     application.add_handler(CallbackQueryHandler(handlers.approval_button, pattern=r"^ap:"))
     application.add_handler(CallbackQueryHandler(handlers.retry_button, pattern=r"^retry:"))
     application.add_handler(CallbackQueryHandler(handlers.continue_button, pattern=r"^continue:\d+$"))
+    application.add_handler(CallbackQueryHandler(mcp_button, pattern=r"^mcp:"))
     application.add_handler(CallbackQueryHandler(handlers.unknown_button))
     application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, handlers.text))
     application.add_handler(MessageHandler(filters.COMMAND, handlers.command))
