@@ -25,6 +25,7 @@ from aria.config import Settings
 from aria.connectors import Connectors
 from aria.digest import DigestService
 from aria.jobs import restore_reminders, schedule_reminder
+from aria.knowledge import Knowledge
 from aria.ledger import Ledger
 from aria.ledger.redact import Redactor
 from aria.llm.budget import Budget
@@ -59,6 +60,7 @@ class Aria:
     approvals: Approvals
     scheduler: Scheduler
     outbox: Outbox
+    knowledge: Knowledge
     started_at: dt.datetime
     version: str = __version__
     on_reminder: ReminderHook | None = None
@@ -93,11 +95,14 @@ class Aria:
         gate = Gate(ledger, policy, allow_risky_auto=settings.allow_risky_auto, fetch_allow=settings.fetch_allowed)
         approvals = Approvals(ledger, settings.approval_ttl_hours)
         runner = ToolRunner(skills, ledger, gate)
+        knowledge = Knowledge(ledger)
         agent = Agent(settings, ledger, skills, budget, caller, router, runner=runner, approvals=approvals,
-                      policy=policy, context_factory=lambda run_id, request: aria.tool_context(run_id, request))
+                      policy=policy, context_factory=lambda run_id, request: aria.tool_context(run_id, request),
+                      knowledge=knowledge)
         aria = cls(settings=settings, ledger=ledger, skills=skills, prices=prices, budget=budget, board=board,
                    connectors=connectors, router=router, caller=caller, agent=agent, gate=gate, approvals=approvals,
-                   scheduler=Scheduler(ledger, settings.tz), outbox=Outbox(ledger), started_at=ledger.now(),
+                   scheduler=Scheduler(ledger, settings.tz), outbox=Outbox(ledger), knowledge=knowledge,
+                   started_at=ledger.now(),
                    _openai=client)
         aria.digests = DigestService(aria, aria.outbox)
         aria.alerts = Alerts(aria, aria.outbox)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from aria.agent.outcome import Action
 from aria.errors import LedgerUnavailable
+from aria.knowledge import owner as notes
 from aria.scheduler import PAUSED_FLAG
 from aria.views import help_text, set_autonomy, skills_text, status_text
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from aria.app import Aria
 
 COST_MAX_DAYS = 90
-NAMES = ("help", "start", "status", "skills", "digest", "cost", "approvals", "pause", "resume")
+NAMES = ("help", "start", "status", "skills", "digest", "cost", "approvals", "pause", "resume", *notes.COMMANDS)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ async def answer(aria: Aria, name: str, args: list[str]) -> list[Reply]:
                 for a in pending]
     if name in ("pause", "resume"):
         return [Reply(_switch(aria, paused=name == "pause"))]
+    if name in notes.COMMANDS:
+        return [Reply(notes.answer(aria.knowledge, name, args))]
     return [Reply(help_text(aria.caller is not None))]
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func
 from sqlmodel import col, select
 
+from aria.knowledge import owner as notes
 from aria.ledger import MICROS, Event, Failure, Run
 from aria.ledger.reports import local_day_bounds
 
@@ -23,6 +24,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("approvals", "actions waiting for your approval"),
     ("pause", "stop every risky and scheduled action"),
     ("resume", "let actions run again"),
+    *notes.HELP,
 ]
 LEVELS = ("shadow", "ask", "auto")
 
