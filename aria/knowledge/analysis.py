@@ -17,7 +17,7 @@ import snowballstemmer
 _TOKEN = re.compile(r"[^\W_]+")
 _STEMMER = snowballstemmer.stemmer("porter")
 
-STOP_WORDS = frozenset("""
+_STOP = """
 a about above after again against all am an and any are aren as at be because been before being below between both
 but by can cannot could did didn do does doesn doing don down during each few for from further had has have having he
 her here hers herself him himself his how i if in into is isn it its itself just let me more most my myself no nor
@@ -29,7 +29,8 @@ need needs please remind right say says said see still sure tell thing things th
 ve re d s t m supposed one find found via per etc hey hi okay ok anyone someone something else
 do make makes made take takes took come comes came keep keeps kept happen happens happened work works seem seems feel
 feels felt much many lot lots often long usually normally actually really anyway everything nothing whatever
-""".split())
+"""
+STOP_WORDS = frozenset(_STOP.split())
 # Words that ask for the newest state of things rather than naming a subject: they raise recency, not relevance.
 RECENCY_WORDS = frozenset({"last", "latest", "recent", "recently", "newest", "current", "currently", "now", "today",
                            "lately", "anymore", "still"})

@@ -92,7 +92,7 @@ def _sections(text: str, name: str) -> list[tuple[list[str], list[str]]]:
         level, title, skip = 0, "", 1
         if heading:
             level, title = len(heading.group(1)), heading.group(2).strip()
-        elif (not in_code and line.strip() and index + 1 < len(lines) and not current_is_blank_needed(current)
+        elif (not in_code and line.strip() and index + 1 < len(lines) and not _follows_text(current)
               and _SETEXT.match(lines[index + 1]) and len(lines[index + 1].strip()) >= 3):
             level, title, skip = (1 if lines[index + 1].startswith("=") else 2), line.strip(), 2
         if level:
@@ -108,7 +108,7 @@ def _sections(text: str, name: str) -> list[tuple[list[str], list[str]]]:
     return sections
 
 
-def current_is_blank_needed(current: list[str]) -> bool:
+def _follows_text(current: list[str]) -> bool:
     """A setext heading needs a blank line (or nothing) before it; otherwise `text\n---` is a paragraph and rule."""
     return bool(current) and bool(current[-1].strip())
 

@@ -10,6 +10,7 @@ Everything here is offline and fast: no model call. Query rewriting from a conve
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -33,6 +34,7 @@ SAME_SUBJECT = 0.1  # word overlap (Jaccard) from which two passages answering a
 SYNONYM_CREDIT = 0.85  # a concept matched only through a synonym counts a little less than the word itself
 _WEIGHTS = {"coverage": 0.55, "bm25": 0.15, "title": 0.1, "proximity": 0.2}
 _BM25_COLUMNS = (4.0, 1.0, 2.0)  # title, text, tags
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class _Candidate:
     reliability: int = 1
     supersedes: int | None = None
     superseded_by: int | None = None
-    dated: dt.datetime = dt.datetime.min.replace(tzinfo=dt.UTC)
+    dated: dt.datetime = _EPOCH
 
 
 class Searcher:
@@ -130,12 +132,13 @@ class Searcher:
         note contains gets a negative weight, as a flag."""
         every = sorted({s for c in items for s in c.matches})
         marks = ",".join("?" * len(every))
-        docs = dict(conn.exec_driver_sql(f"SELECT term, doc FROM note_vocab WHERE term IN ({marks})",
-                                         tuple(every)).all())
+        docs: dict[str, int] = {str(term): int(count) for term, count in conn.exec_driver_sql(
+            f"SELECT term, doc FROM note_vocab WHERE term IN ({marks})", tuple(every))}
         total = int(conn.exec_driver_sql("SELECT count(*) FROM note").scalar_one())
-        weights, common = [], []
+        weights: list[float] = []
+        common: list[bool] = []
         for c in items:
-            df = min(total, sum(int(docs.get(s, 0)) for s in c.matches))
+            df = min(total, sum(docs.get(s, 0) for s in c.matches))
             weight = _idf(df, total)
             if df == 0:  # a word no note has: a name decides (negative: nothing answers it); a turn of phrase
                 weight = -weight if c.named else _idf(1, total) * UNKNOWN_WORD  # barely counts
@@ -186,17 +189,14 @@ class Searcher:
     def _with_replacements(self, conn: Connection, hits: list[Hit]) -> list[Hit]:
         """A superseded note never comes before its replacement: the current note of its chain is placed just
         ahead of it (fetched when the question's words did not find it)."""
-        ordered: list[Hit] = []
-        placed = {h.id for h in hits}
+        ordered: dict[int, Hit] = {}
         for hit in hits:
             if hit.superseded_by is not None:
                 head = self._current(conn, hit)
-                if head is not None and head.id not in {h.id for h in ordered}:
-                    ordered.append(head)
-                    placed.add(head.id)
-            if hit.id not in {h.id for h in ordered}:
-                ordered.append(hit)
-        return ordered
+                if head is not None and head.id not in ordered:
+                    ordered[head.id] = head
+            ordered.setdefault(hit.id, hit)
+        return list(ordered.values())
 
     def _current(self, conn: Connection, hit: Hit) -> Hit | None:
         """The note at the head of `hit`'s supersession chain."""
@@ -234,7 +234,7 @@ def _proximity(items: Sequence[Concept], sequence: Sequence[str]) -> float:
         where.setdefault(word, []).append(index)
     positions = [{i for m in c.matches for i in where.get(m, ())} for c in items]
     near = 0
-    for left, right in zip(positions, positions[1:], strict=False):
+    for left, right in itertools.pairwise(positions):
         if left and right and any(p + d in right for p in left for d in (-2, -1, 1, 2)):
             near += 1
     return near / (len(items) - 1)
