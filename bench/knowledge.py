@@ -38,7 +38,7 @@ from aria.knowledge import Knowledge
 from aria.knowledge.analysis import words
 from aria.knowledge.context import fit, notes_block
 from aria.knowledge.models import Note
-from aria.knowledge.search import Hit
+from aria.knowledge.search import Hit, passage_stems
 from aria.ledger import Ledger
 from aria.llm.tokens import estimate_tokens
 from bench.common import grid, ms, percentile, table
@@ -236,6 +236,7 @@ def latency(sizes: Sequence[int], questions: list[Question], vocabulary: dict[st
         load_corpus(ledger)
         built = time.monotonic() - started
         knowledge = Knowledge(ledger)
+        passage_stems.cache_clear()  # cold: every passage read for the first time, as `aria knowledge search` does
         db = sqlite3.connect(folder / f"latency-{size}.db")
         ours, base = [], []
         for q in questions:

@@ -190,3 +190,11 @@ def test_parallel_writers_serialize_and_lose_no_update(tmp_path: Path) -> None:
     assert len(replaced) == 1  # one replacement won the compare-and-set; the others stored nothing
     assert store.get(target.id).superseded_by == replaced[0]  # type: ignore[union-attr]
     assert sum(t.startswith("The kiln is in room 1") for t in texts) == 1
+
+
+def test_a_file_without_a_date_inside_is_dated_by_its_name(ledger: Ledger, tmp_path: Path) -> None:
+    (tmp_path / "2025-03-02-outage.md").write_text("The shop was down for an hour.")
+    (tmp_path / "policy_2023.txt").write_text("Passwords rotate yearly.")
+    Knowledge(ledger).store.add_paths([tmp_path])
+    assert [n.dated_at for n in rows(ledger)] == [dt.datetime(2025, 3, 2, tzinfo=dt.UTC),
+                                                  dt.datetime(2023, 1, 1, tzinfo=dt.UTC)]

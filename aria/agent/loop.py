@@ -131,6 +131,7 @@ class Agent:
         request = Request(text=run.request, trigger=run.trigger, channel=run.channel, chat_id=run.chat_id,
                           user_id=run.user_id)
         self.ledger.reopen_run(run_id)
+        past: list[dict[str, Any]] = []
         if run.checkpoint:
             state = RunState.from_json(json.loads(run.checkpoint), self.skills, next_seq=run.steps + 1)
         else:
@@ -146,6 +147,8 @@ class Agent:
             if self.caller is None:
                 return self._handoff(state.scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
                                      "no_model", actions=False)
+            if not run.checkpoint and self.recall is not None:  # started again from its request: notes again
+                await self.recall.attach(state, past)
             return await self._loop(state, progress)
 
         return await self._guarded(run_id, body, reply)

@@ -17,6 +17,8 @@ _FENCE = re.compile(r"^\s*(```|~~~)")
 _DATE = re.compile(r"\b(20\d\d|19\d\d)-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])\b")
 _DATED_LINE = re.compile(r"^\W*(?:date|updated|last[ _-]?updated|last[ _-]?reviewed|reviewed|modified|as of)\b\W*"
                          r".*?\b((?:19|20)\d\d-\d\d-\d\d)\b", re.IGNORECASE)
+_NAME_MONTH = re.compile(r"(?<!\d)((?:19|20)\d\d)[-_.](0[1-9]|1[0-2])(?!\d)")
+_NAME_YEAR = re.compile(r"(?<!\d)((?:19|20)\d\d)(?!\d)")
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*\n", re.DOTALL)
 
 
@@ -38,6 +40,18 @@ def parse_date(text: str) -> dt.datetime | None:
         return dt.datetime(int(match[1]), int(match[2]), int(match[3]), tzinfo=dt.UTC)
     except ValueError:
         return None
+
+
+def name_date(name: str) -> dt.datetime | None:
+    """The date a file's name gives (`2025-03-02-outage.md`, `runbook-2024-05.md`, `policy_2023.md`), if any."""
+    full = parse_date(name)
+    if full is not None:
+        return full
+    month = _NAME_MONTH.search(name)
+    if month is not None:
+        return dt.datetime(int(month[1]), int(month[2]), 1, tzinfo=dt.UTC)
+    year = _NAME_YEAR.search(name)
+    return dt.datetime(int(year[1]), 1, 1, tzinfo=dt.UTC) if year is not None else None
 
 
 def document_date(text: str) -> dt.datetime | None:

@@ -7,6 +7,7 @@ import re
 
 from aria.errors import LedgerUnavailable
 from aria.knowledge import Knowledge, KnowledgeError
+from aria.knowledge.chunking import name_date
 from aria.knowledge.models import Note
 from aria.knowledge.search import Hit
 from aria.sanitize import shorten
@@ -101,7 +102,7 @@ def learn_document(knowledge: Knowledge, file_name: str, text: str) -> str:
         return f"Not learned: {name} is larger than {MAX_LEARN_CHARS // 1000} k characters."
     stem = name.rsplit(".", 1)[0] or name
     try:
-        result = knowledge.store.add_text(f"telegram:{name}", text, stem)
+        result = knowledge.store.add_text(f"telegram:{name}", text, stem, modified=name_date(name))
     except LedgerUnavailable as exc:
         return f"Not learned: {exc}."
     if result.status == "empty":

@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, update
 from sqlmodel import Session, col, select
 
 from aria.errors import ToolError
-from aria.knowledge.chunking import Passage, split_passages
+from aria.knowledge.chunking import Passage, name_date, split_passages
 from aria.knowledge.models import RELIABILITY, Note, NoteDocument, NoteKind
 from aria.ledger import Ledger, as_utc
 
@@ -179,7 +179,8 @@ class NoteStore:
             if path.stat().st_size > MAX_FILE_BYTES:
                 return Ingested(key, "refused", reason=f"larger than {MAX_FILE_BYTES // 1_000_000} MB")
             raw = path.read_bytes()
-            modified = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
+            # A file that does not date itself inside is dated by its name, else by when it was last changed.
+            modified = name_date(path.name) or dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC)
         except OSError as exc:
             return Ingested(key, "refused", reason=exc.strerror or type(exc).__name__)
         if b"\0" in raw[:8192]:
