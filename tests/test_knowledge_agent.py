@@ -183,3 +183,14 @@ async def test_through_telegram_a_remembered_fact_is_cited_and_an_unknown_one_de
         await fake_telegram.wait_for("sendMessage", predicate=lambda c: c.params.get("text") == "I have no note "
                                                                                                   "about that.")
         assert fake_openai.last_request.body["messages"][-1]["content"].endswith(NONE_FOUND)
+
+
+async def test_a_self_contained_question_costs_no_rewrite(make_aria: MakeAria, fake_openai: Any) -> None:
+    aria = make_aria()
+    aria.knowledge.store.remember("The NAS admin password is in Bitwarden under NAS DSM opsadmin")
+    await aria.agent.run(Request("what kind of NAS do we have?", chat_id=OWNER))
+    before = len(fake_openai.completions)
+    outcome = await aria.agent.run(Request("where is the NAS admin password kept?", chat_id=OWNER))
+    assert len(fake_openai.completions) == before + 1  # the answer only
+    assert {s.name: s.args for s in aria.ledger.steps(outcome.run_id)}["recall"] == "where is the NAS admin " \
+                                                                                    "password kept?"

@@ -1,7 +1,8 @@
 """Notes for a run: before the first model call, the notes that match the request are added to it, fenced as data
 with their ids, within ARIA_KNOWLEDGE_TOKENS; the system prompt asks the model to cite them and to say "I have no
-note about that" rather than guess. A follow-up question ("and its password?") is first rewritten into a standalone
-query by the cheap model, within the run's budget; without a conversation the request is searched as it is.
+note about that" rather than guess. A follow-up that leans on the conversation ("and its password?") is first
+rewritten into a standalone query by the cheap model, within the run's budget; a self-contained question, or one
+without a conversation, is searched as it is.
 
 Notes that are not the owner's own words (runbooks, documents, web and tool findings) taint the run with their
 source, like any untrusted content: what the run then does is shown to the owner with it.
@@ -17,7 +18,15 @@ from aria.agent.toolrun import ToolRunner
 from aria.config import Settings
 from aria.errors import BudgetExhausted, PriceUnknown
 from aria.knowledge import Knowledge
-from aria.knowledge.context import PROMPT_LINES, REWRITE_TOKENS, clean_query, fit, notes_block, rewrite_messages
+from aria.knowledge.context import (
+    PROMPT_LINES,
+    REWRITE_TOKENS,
+    clean_query,
+    fit,
+    notes_block,
+    refers_back,
+    rewrite_messages,
+)
 from aria.ledger import Ledger, Step
 from aria.llm.client import AllModelsFailed, ModelCaller
 from aria.llm.router import Router
@@ -44,7 +53,8 @@ class NoteRecall:
         notes at all or the budget is 0."""
         if self.budget <= 0 or not self.knowledge.has_notes():
             return
-        query = await self._standalone(state, past) if past and self.rewrite else state.request.text
+        asked = state.request.text
+        query = await self._standalone(state, past) if past and self.rewrite and refers_back(asked) else asked
         hits = fit(self.knowledge.search(query, CANDIDATES), self.budget)
         system, user = state.messages[0], state.messages[-1]
         system["content"] += "".join(f"\n- {line}" for line in PROMPT_LINES)
