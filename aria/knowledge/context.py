@@ -30,7 +30,8 @@ _REFERRING = frozenset({"it", "its", "that", "this", "those", "these", "they", "
 
 def render(hit: Hit) -> str:
     """One note as the model reads it: id, kind, date, where it came from, text."""
-    where = f"{hit.source} > {hit.title}" if hit.title and hit.kind != "owner" else hit.source
+    source = hit.source.rsplit("/", 1)[-1] if hit.source.startswith("/") else hit.source  # a path: its file name
+    where = f"{source} > {hit.title}" if hit.title and hit.kind != "owner" else source
     replaced = f", replaced by note {hit.superseded_by}" if hit.superseded_by else ""
     return f"[note {hit.id}] ({hit.kind}, {hit.dated:%Y-%m-%d}, {where}{replaced})\n{hit.text}"
 
