@@ -10,12 +10,10 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from functools import lru_cache
-
-import snowballstemmer
+from functools import cache, lru_cache
+from typing import Any
 
 _TOKEN = re.compile(r"[^\W_]+")
-_STEMMER = snowballstemmer.stemmer("porter")
 
 _STOP = """
 a about above after again against all am an and any are aren as at be because been before being below between both
@@ -103,10 +101,17 @@ def words(text: str) -> list[str]:
     return _TOKEN.findall(fold(text))
 
 
+@cache
+def _stemmer() -> Any:
+    import snowballstemmer  # loads every language's stemmer: only when the first word is stemmed, not at start-up
+
+    return snowballstemmer.stemmer("porter")
+
+
 @lru_cache(maxsize=200_000)
 def stem(word: str) -> str:
     """The Porter stem of a folded word."""
-    return str(_STEMMER.stemWord(word))
+    return str(_stemmer().stemWord(word))
 
 
 def stems(text: str) -> list[str]:
@@ -114,7 +119,8 @@ def stems(text: str) -> list[str]:
     return [stem(w) for w in words(text)]
 
 
-def _synonym_tables() -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
+@cache
+def synonym_tables() -> tuple[dict[str, frozenset[str]], dict[str, frozenset[str]]]:
     """stem -> the stems it matches, and stem -> the words to ask the index for."""
     stems_of: dict[str, set[str]] = {}
     words_of: dict[str, set[str]] = {}
@@ -125,8 +131,6 @@ def _synonym_tables() -> tuple[dict[str, frozenset[str]], dict[str, frozenset[st
             words_of.setdefault(member, set()).update(group)
     return ({k: frozenset(v) for k, v in stems_of.items()}, {k: frozenset(v) for k, v in words_of.items()})
 
-
-SYNONYMS, SYNONYM_WORDS = _synonym_tables()
 
 
 @dataclass(frozen=True)
@@ -142,18 +146,19 @@ class Concept:
 
 def concepts(query: str) -> list[Concept]:
     """The content words of a question, in order, without repeats, each widened with its synonyms."""
+    synonyms, synonym_words = synonym_tables()
     seen: set[str] = set()
     found: list[Concept] = []
-    for index, (word, raw) in enumerate(_cased_words(query)):
+    for word, raw in _cased_words(query):
         if word in STOP_WORDS or word in RECENCY_WORDS or (len(word) == 1 and not word.isdigit()):
             continue
         stemmed = stem(word)
         if stemmed in seen:
             continue
         seen.add(stemmed)
-        named = any(c.isdigit() for c in raw) or any(c.isupper() for c in raw[1:]) or (index > 0 and raw[0].isupper())
-        found.append(Concept(word, stemmed, SYNONYMS.get(stemmed, frozenset()) | {stemmed},
-                             SYNONYM_WORDS.get(stemmed, frozenset()) | {word}, named))
+        named = any(c.isdigit() or c.isupper() for c in raw)  # the first word of a sentence comes lowercased
+        found.append(Concept(word, stemmed, synonyms.get(stemmed, frozenset()) | {stemmed},
+                             synonym_words.get(stemmed, frozenset()) | {word}, named))
     return found
 
 
