@@ -198,3 +198,19 @@ def test_a_file_without_a_date_inside_is_dated_by_its_name(ledger: Ledger, tmp_p
     Knowledge(ledger).store.add_paths([tmp_path])
     assert [n.dated_at for n in rows(ledger)] == [dt.datetime(2025, 3, 2, tzinfo=dt.UTC),
                                                   dt.datetime(2023, 1, 1, tzinfo=dt.UTC)]
+
+
+def test_a_replaced_passage_stays_replaced_when_its_file_is_added_again(ledger: Ledger, tmp_path: Path) -> None:
+    store = Knowledge(ledger).store
+    doc = tmp_path / "nas.md"
+    doc.write_text(RUNBOOK)
+    store.add_paths([doc])
+    [old] = [n for n in rows(ledger) if "10.0.0.9" in n.text]
+    newer = store.remember("The NAS is now at 10.0.0.25", supersedes=old.id)
+
+    doc.write_text(RUNBOOK + "\n## Backups\nNightly at 01:30.\n")  # changed elsewhere: every passage is new
+    assert [r.status for r in store.add_paths([doc])] == ["replaced"]
+
+    [again] = [n for n in rows(ledger) if "10.0.0.9" in n.text]
+    assert again.id != old.id and again.superseded_by == newer.id
+    assert store.get(newer.id).supersedes == again.id  # type: ignore[union-attr]

@@ -76,7 +76,7 @@ def _notes(knowledge: Knowledge, query: str) -> str:
         return "No notes yet. Use /remember <text>, send a Markdown or text file with the caption /learn, or run " \
                "`aria knowledge add PATH`."
     total = knowledge.store.count()
-    lines = [f"{total} notes; the newest:"] + [_note_line(n) for n in latest]
+    lines = [f"{total} note{'s' if total != 1 else ''}; the newest:"] + [_note_line(n) for n in latest]
     return "\n".join(lines)
 
 

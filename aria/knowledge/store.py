@@ -139,18 +139,42 @@ class NoteStore:
             if document is not None and document.sha256 == digest:
                 return Ingested(key, "unchanged", document.passages)
             status: IngestStatus = "added" if document is None else "replaced"
+            replaced: dict[tuple[str, str], int] = {}
             if document is None:
                 document = NoteDocument(path=key, sha256=digest, kind=kind, added_at=now, updated_at=now)
                 session.add(document)
                 session.flush()
             else:
+                replaced = self._replaced_passages(session, document.id)
                 session.execute(delete(Note).where(col(Note.document_id) == document.id))
                 document.sha256, document.updated_at, document.kind = digest, now, kind
             document.passages = len(passages)
             session.add(document)
             session.flush()
-            session.add_all(self._passage_rows(passages, key, kind, document.id, modified or now, now))
+            rows = self._passage_rows(passages, key, kind, document.id, modified or now, now)
+            session.add_all(rows)
+            session.flush()
+            self._carry_replacements(session, rows, replaced)
         return Ingested(key, status, len(passages))
+
+    @staticmethod
+    def _replaced_passages(session: Session, document_id: int | None) -> dict[tuple[str, str], int]:
+        """(title, text) -> replacing note, for a document's passages that a newer note replaced."""
+        found = session.exec(select(Note).where(col(Note.document_id) == document_id,
+                                                col(Note.superseded_by).is_not(None)))
+        return {(n.title, n.text): n.superseded_by for n in found if n.superseded_by is not None}
+
+    @staticmethod
+    def _carry_replacements(session: Session, rows: list[Note], replaced: dict[tuple[str, str], int]) -> None:
+        """A passage that comes back unchanged in a re-added file stays replaced by the note that replaced it, so
+        the old fact still never outranks the newer one."""
+        for row in rows:
+            newer = replaced.get((row.title, row.text))
+            if newer is None or row.id is None:
+                continue
+            row.superseded_by = newer
+            session.add(row)
+            session.execute(update(Note).where(col(Note.id) == newer).values(supersedes=row.id))
 
     def _passage_rows(self, passages: list[Passage], key: str, kind: NoteKind, document_id: int | None,
                       fallback: dt.datetime, now: dt.datetime) -> list[Note]:
