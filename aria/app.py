@@ -26,6 +26,7 @@ from aria.config import Settings
 from aria.connectors import Connectors
 from aria.digest import DigestService
 from aria.jobs import restore_reminders, schedule_reminder
+from aria.knowledge import Knowledge
 from aria.ledger import Ledger
 from aria.ledger.redact import Redactor
 from aria.llm.budget import Budget
@@ -65,6 +66,7 @@ class Aria:
     scheduler: Scheduler
     outbox: Outbox
     mcp: McpHub
+    knowledge: Knowledge
     started_at: dt.datetime
     version: str = __version__
     on_reminder: ReminderHook | None = None
@@ -107,11 +109,14 @@ class Aria:
         hub = McpHub(mcp_config, skills, ledger, board, outbox, settings.owner_ids, log_dir=settings.data_dir / "logs",
                      targets=mcp_targets)
         runner = ToolRunner(skills, ledger, gate)
+        knowledge = Knowledge(ledger)
         agent = Agent(settings, ledger, skills, budget, caller, router, runner=runner, approvals=approvals,
-                      policy=policy, context_factory=lambda run_id, request: aria.tool_context(run_id, request))
+                      policy=policy, context_factory=lambda run_id, request: aria.tool_context(run_id, request),
+                      knowledge=knowledge)
         aria = cls(settings=settings, ledger=ledger, skills=skills, prices=prices, budget=budget, board=board,
                    connectors=connectors, router=router, caller=caller, agent=agent, gate=gate, approvals=approvals,
-                   scheduler=Scheduler(ledger, settings.tz), outbox=outbox, mcp=hub, started_at=ledger.now(),
+                   scheduler=Scheduler(ledger, settings.tz), outbox=outbox, mcp=hub, knowledge=knowledge,
+                   started_at=ledger.now(),
                    _openai=client)
         aria.digests = DigestService(aria, aria.outbox)
         aria.alerts = Alerts(aria, aria.outbox)

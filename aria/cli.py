@@ -1,4 +1,4 @@
-"""The `aria` command: run, chat, doctor, digest, mcp, version."""
+"""The `aria` command: run, chat, doctor, digest, mcp, knowledge, version."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ import typer
 from aria import __version__
 from aria.config import Settings, load_settings, require_owner
 from aria.errors import ConfigError
+from aria.knowledge.cli import app as knowledge_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Aria, a personal ops agent on Telegram.")
+app.add_typer(knowledge_app, name="knowledge")
 
 NO_TOKEN = """Telegram is not set up yet. To run the bot:
   1. In Telegram, talk to @BotFather, send /newbot, and copy the token it gives you.

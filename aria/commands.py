@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from aria.agent.outcome import Action
 from aria.errors import LedgerUnavailable
+from aria.knowledge import owner as notes
 from aria.mcp.commands import mcp_text
 from aria.scheduler import PAUSED_FLAG
 from aria.views import help_text, set_autonomy, skills_text, status_text
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
     from aria.app import Aria
 
 COST_MAX_DAYS = 90
-NAMES = ("help", "start", "status", "skills", "digest", "cost", "approvals", "pause", "resume", "mcp")
+NAMES = ("help", "start", "status", "skills", "digest", "cost", "approvals", "pause", "resume", "mcp",
+         *notes.COMMANDS)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ async def answer(aria: Aria, name: str, args: list[str]) -> list[Reply]:
         return [Reply(mcp_text(aria.mcp, args))]
     if name in ("pause", "resume"):
         return [Reply(_switch(aria, paused=name == "pause"))]
+    if name in notes.COMMANDS:
+        return [Reply(notes.answer(aria.knowledge, name, args))]
     return [Reply(help_text(aria.caller is not None))]
 
 

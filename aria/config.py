@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     cheap_only_share: float = Field(default=0.8, gt=0, le=1)
     history_tokens: int = Field(default=3_000, ge=0)
 
+    # Knowledge: notes a request gets (tokens at most; 0 sends none), and whether a follow-up question is rewritten
+    # into a standalone query by the cheap model (one short call, within the run's budget) before notes are searched.
+    knowledge_tokens: int = Field(default=800, ge=0)
+    knowledge_rewrite: bool = True
+
     # Breakers
     breaker_failures: int = Field(default=3, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)

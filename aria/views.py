@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func
 from sqlmodel import col, select
 
+from aria.knowledge import owner as notes
 from aria.ledger import MICROS, Event, Failure, Run
 from aria.ledger.reports import local_day_bounds
 from aria.mcp.views import skill_state
@@ -26,6 +27,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("pause", "stop every risky and scheduled action"),
     ("resume", "let actions run again"),
     ("mcp", "MCP servers and their tools; /mcp accept|keep <tool> after a tool's definition changed"),
+    *notes.HELP,
 ]
 LEVELS = ("shadow", "ask", "auto")
 

@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as runner
-from bench import budget_precision, idle, mcp_context, memory, startup, streaming, telegram_turn, turn
+from bench import (
+    budget_precision,
+    idle,
+    knowledge,
+    mcp_context,
+    memory,
+    startup,
+    streaming,
+    telegram_turn,
+    turn,
+)
 
 
 def test_telegram_turn_times_the_floor_and_both_ways_of_chatting_with_aria() -> None:
@@ -72,6 +82,15 @@ def test_idle_counts_calls_in_both_modes_and_for_the_naive_poller() -> None:
     assert "Aria, webhook: Bot API calls per 10 min / per hour | 0 / 0 |" in report
     assert "| Aria, model calls while idle (polling / webhook) | 0 / 0 |" in report
     assert "baseline, naive 1 s poller" in report
+
+
+def test_knowledge_reports_every_figure_beside_plain_bm25() -> None:
+    report = knowledge.main(["--sizes", "300"])
+    for figure in ("recall@5 (all", "failures (held out)", "nDCG@10", "stale-fact rate", "unanswerable declined",
+                   "notes sent per answered question", "dump-everything baseline"):
+        assert figure in report
+    assert "| figure | Aria | plain BM25 | target |" in report
+    assert "| 300 |" in report and "plain BM25 p50 / p95" in report
 
 
 def test_runner_writes_the_chosen_sections_with_machine_and_date(tmp_path: Path) -> None:

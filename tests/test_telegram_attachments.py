@@ -285,3 +285,30 @@ async def test_a_transcription_that_would_pass_the_day_cap_is_not_made(make_aria
     with pytest.raises(TranscriptionRefused, match=r"\$0\.0050 is left of today's budget \(ARIA_DAY_MAX_USD\)"):
         await aria.transcriber.transcribe(b"OggS", "voice.ogg", 60)  # $0.0061 at worst
     assert fake_openai.transcriptions == [] and _rows(aria, Spend) == []
+
+
+RUNBOOK = """# Backups
+
+## Restore
+To restore the nightly backup, run restic restore latest --target /srv/restore on host vault-2.
+
+## Schedule
+The backup runs at 02:30 every night and keeps 14 snapshots.
+"""
+
+
+async def test_a_document_captioned_learn_becomes_notes_without_a_model_call(make_aria: MakeAria,
+                                                                             fake_telegram: Any,
+                                                                             fake_openai: Any) -> None:
+    async with serving(make_aria, fake_telegram) as aria:
+        _send(fake_telegram, "document", RUNBOOK.encode(), "backups.md", caption="/learn")
+        await shown(fake_telegram, "Learned backups.md: 2 passages. Ask about it any time; /notes <words> shows what "
+                    "I found.")
+        _send(fake_telegram, "document", RUNBOOK.encode(), "backups.md", caption="/learn")
+        await shown(fake_telegram, "backups.md is unchanged since I learned it (2 passages): nothing to do.")
+        _send(fake_telegram, "document", b"MZ\x90\x00binary", "tool.exe", caption="/learn")
+        await fake_telegram.wait_for("sendMessage", predicate=lambda c: "tool.exe" in c.params.get("text", ""))
+        found = aria.knowledge.search("how do I restore the backup?")
+    assert fake_openai.completions == []  # learning is not a run: nothing billed
+    assert found and "restic restore" in found[0].text
+    assert _unprocessed(aria) == []

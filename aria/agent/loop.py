@@ -35,11 +35,13 @@ from aria.agent.outcome import (
 )
 from aria.agent.prompts import CONTINUE, WRAP_UP, system_prompt
 from aria.agent.provenance import Provenance, named_hosts, owner_texts
+from aria.agent.recall import NoteRecall
 from aria.agent.state import Request, RunState
 from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical
 from aria.approvals import Approvals
 from aria.config import Settings
 from aria.errors import AlreadyHandled, BudgetExhausted, LedgerUnavailable, PriceUnknown
+from aria.knowledge import Knowledge
 from aria.ledger import MICROS, Approval, Ledger, Run, Step
 from aria.llm.budget import Budget, Caps, caps_from_settings
 from aria.llm.client import AllModelsFailed, CallScope, ChatResult, ModelCaller, ToolCallRequest
@@ -67,7 +69,8 @@ class Agent:
 
     def __init__(self, settings: Settings, ledger: Ledger, skills: SkillSet, budget: Budget,
                  caller: ModelCaller | None, router: Router, *, runner: ToolRunner, approvals: Approvals,
-                 policy: Policy, context_factory: Callable[[int, Request], ToolContext]) -> None:
+                 policy: Policy, context_factory: Callable[[int, Request], ToolContext],
+                 knowledge: Knowledge | None = None) -> None:
         self.settings = settings
         self.ledger = ledger
         self.skills = skills
@@ -79,6 +82,7 @@ class Agent:
         self.history = History(settings.history_tokens)
         self.escalation = Escalation(ledger, approvals, runner)
         self._context = context_factory
+        self.recall = NoteRecall(knowledge, settings, ledger, runner, caller, router) if knowledge else None
         self.active: set[int] = set()  # runs this process is working on now
         if settings.draft_review and caller is not None:
             runner.reviewer = Editor(caller, router.cheap).review
@@ -107,7 +111,10 @@ class Agent:
             if self.caller is None:
                 return self._handoff(scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
                                      "no_model", actions=False)
-            return await self._loop(self._start(request, scope, past, day_spent), progress)
+            state = self._start(request, scope, past, day_spent)
+            if self.recall is not None:
+                await self.recall.attach(state, past)
+            return await self._loop(state, progress)
 
         return await self._guarded(run_id, body, reply)
 
@@ -140,6 +147,7 @@ class Agent:
         request = Request(text=run.request, trigger=run.trigger, channel=run.channel, chat_id=run.chat_id,
                           user_id=run.user_id)
         self.ledger.reopen_run(run_id)
+        past: list[dict[str, Any]] = []
         if run.checkpoint:
             state = RunState.from_json(json.loads(run.checkpoint), self.skills, next_seq=run.steps + 1)
         else:
@@ -155,6 +163,8 @@ class Agent:
             if self.caller is None:
                 return self._handoff(state.scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
                                      "no_model", actions=False)
+            if not run.checkpoint and self.recall is not None:  # started again from its request: notes again
+                await self.recall.attach(state, past)
             return await self._loop(state, progress)
 
         return await self._guarded(run_id, body, reply)

@@ -286,6 +286,58 @@ def m010_mcp(conn: Connection) -> None:
     """)
 
 
+def m011_knowledge(conn: Connection) -> None:
+    """Knowledge: notes (the owner's facts, passages of runbooks and documents, web and tool findings) with their
+    source, reliability, dates and supersession; the files they came from; an FTS5 index (Porter stemming) kept in
+    step by triggers, and its vocabulary for term statistics. Trigger bodies hold semicolons, so each statement is
+    run on its own."""
+    for statement in (
+        """CREATE TABLE note_document (
+            id INTEGER NOT NULL PRIMARY KEY,
+            path VARCHAR NOT NULL UNIQUE,
+            sha256 VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            passages INTEGER NOT NULL,
+            added_at DATETIME NOT NULL,
+            updated_at DATETIME NOT NULL
+        )""",
+        """CREATE TABLE note (
+            id INTEGER NOT NULL PRIMARY KEY,
+            text VARCHAR NOT NULL,
+            title VARCHAR NOT NULL,
+            tags VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            reliability INTEGER NOT NULL,
+            document_id INTEGER REFERENCES note_document (id),
+            position INTEGER NOT NULL,
+            supersedes INTEGER,
+            superseded_by INTEGER,
+            dated_at DATETIME NOT NULL,
+            created_at DATETIME NOT NULL,
+            updated_at DATETIME NOT NULL
+        )""",
+        "CREATE INDEX ix_note_document ON note (document_id, position)",
+        "CREATE INDEX ix_note_superseded_by ON note (superseded_by)",
+        "CREATE VIRTUAL TABLE note_fts USING fts5(title, text, tags, content='note', content_rowid='id', "
+        "tokenize='porter unicode61 remove_diacritics 2')",
+        "CREATE VIRTUAL TABLE note_vocab USING fts5vocab(note_fts, 'row')",
+        """CREATE TRIGGER note_ai AFTER INSERT ON note BEGIN
+            INSERT INTO note_fts (rowid, title, text, tags) VALUES (new.id, new.title, new.text, new.tags);
+        END""",
+        """CREATE TRIGGER note_ad AFTER DELETE ON note BEGIN
+            INSERT INTO note_fts (note_fts, rowid, title, text, tags) VALUES ('delete', old.id, old.title, old.text,
+                                                                              old.tags);
+        END""",
+        """CREATE TRIGGER note_au AFTER UPDATE OF title, text, tags ON note BEGIN
+            INSERT INTO note_fts (note_fts, rowid, title, text, tags) VALUES ('delete', old.id, old.title, old.text,
+                                                                              old.tags);
+            INSERT INTO note_fts (rowid, title, text, tags) VALUES (new.id, new.title, new.text, new.tags);
+        END""",
+    ):
+        conn.execute(text(statement))
+
+
 def m014_intake(conn: Connection) -> None:
     """Spend rows can name the recorded message they were made for (a voice note's transcription, before any run),
     so the run that answers it adopts them. The partial index keeps that look-up, made as every run opens, tiny."""
@@ -297,7 +349,7 @@ def m014_intake(conn: Connection) -> None:
 
 MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events,
                                m005_hot_path_indexes, m006_durable_runs, m007_event_replay_key, m008_run_answer,
-                               m010_mcp, m014_intake]
+                               m010_mcp, m011_knowledge, m014_intake]
 
 
 def applied(conn: Connection) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -25,6 +26,7 @@ from aria.agent.state import Request
 from aria.app import Aria
 from aria.approvals import MAX_ID, REFUSALS, PressResult, parse_callback
 from aria.errors import LedgerUnavailable
+from aria.knowledge.owner import MAX_LEARN_CHARS, learn_document
 from aria.sanitize import clean_text
 from aria.telegram.attachments import (
     NOT_READ,
@@ -33,6 +35,7 @@ from aria.telegram.attachments import (
     caption_request,
     document_request,
     forwarded,
+    read_telegram_document,
     voice_request,
 )
 from aria.telegram.channel import TelegramChannel
@@ -143,6 +146,11 @@ async def attachment(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
         await aria.runs.handle(Request(text=f"({attachment_kind(message)})", channel="telegram", chat_id=chat.id,
                                        user_id=user_id), _channel(context))  # refused there, with the reason
         return
+    if message.document is not None and origin is None and is_learn(message.caption):
+        await _learn(aria, context, message, chat.id)
+        if event_id is not None:
+            intake.processed(event_id)
+        return
     try:
         if message.voice is not None:
             incoming = await voice_request(message, origin, aria.transcriber, event_id)
@@ -162,6 +170,23 @@ async def attachment(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None
         return
     await aria.runs.handle(Request(text=incoming.text, trigger=incoming.trigger, channel="telegram", chat_id=chat.id,
                                    user_id=user_id, intake_id=event_id, sources=incoming.sources), _channel(context))
+
+
+def is_learn(caption: str | None) -> bool:
+    """A document captioned `/learn`: to keep as notes rather than to answer about."""
+    words = (caption or "").split()
+    return bool(words) and words[0].lower().split("@", 1)[0] == "/learn"
+
+
+async def _learn(aria: Aria, context: ContextTypes.DEFAULT_TYPE, message: Message, chat_id: int) -> None:
+    """Read the document (runbooks may be larger than a document to answer about) and keep its passages as notes."""
+    try:
+        document = await read_telegram_document(message, max(aria.settings.document_max_bytes, MAX_LEARN_CHARS))
+    except NOT_READ as refusal:
+        await aria.runs.reply(_channel(context), chat_id, str(refusal))
+        return
+    reply = await asyncio.to_thread(learn_document, aria.knowledge, document.name, document.text)
+    await aria.runs.reply(_channel(context), chat_id, reply)
 
 
 def forward_origin(message: Message) -> str | None:
