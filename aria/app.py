@@ -86,7 +86,9 @@ class Aria:
         board = BreakerBoard(ledger, failure_threshold=settings.breaker_failures,
                              cooldown=settings.breaker_cooldown_seconds)
         connectors = Connectors(ledger, board, tz=settings.tz, sleep=sleep, user_agent=f"Aria/{__version__}")
-        router = Router(settings.model_cheap, settings.model_strong, tuple(settings.model_fallbacks),
+        # The owner's /model choices, kept in the ledger, stand above the settings.
+        router = Router(budget.overrides.model("cheap") or settings.model_cheap,
+                        budget.overrides.model("strong") or settings.model_strong, tuple(settings.model_fallbacks),
                         settings.cheap_only_share)
         client, caller = _model_caller(settings, ledger, budget, board, sleep)
         policy = load_policy(settings.policy_file)

@@ -69,6 +69,7 @@ def build_application(aria: Aria, *,
     application.add_handler(CommandHandler(list(commands.NAMES), handlers.command))
     application.add_handler(CallbackQueryHandler(handlers.approval_button, pattern=r"^ap:"))
     application.add_handler(CallbackQueryHandler(handlers.retry_button, pattern=r"^retry:"))
+    application.add_handler(CallbackQueryHandler(handlers.change_button, pattern=r"^cfg:"))
     application.add_handler(CallbackQueryHandler(handlers.unknown_button))
     application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, handlers.text))
     application.add_handler(MessageHandler(filters.COMMAND, handlers.command))
