@@ -32,7 +32,8 @@ from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, T
 from aria.approvals import Approvals
 from aria.config import Settings
 from aria.errors import AlreadyHandled, BudgetExhausted, LedgerUnavailable, PriceUnknown
-from aria.ledger import MICROS, Approval, Ledger, Run, Step
+from aria.ledger import Approval, Ledger, Run, Step
+from aria.ledger.reports import format_usd
 from aria.llm.budget import Budget, Caps, caps_from_settings
 from aria.llm.client import AllModelsFailed, CallScope, ChatResult, ModelCaller, ToolCallRequest
 from aria.llm.router import Router
@@ -388,7 +389,7 @@ class Agent:
         if run is None:
             return ""
         calls = self.ledger.model_calls(scope.run_id)
-        return (f"Budget used: ${run.cost_micros / MICROS:.4f} of ${scope.caps.micros / MICROS:.2f}, "
+        return (f"Budget used: {format_usd(run.cost_micros)} of {format_usd(scope.caps.micros)}, "
                 f"{calls} model call{'s' if calls != 1 else ''} of {scope.caps.steps}. Run {scope.run_id}: "
                 f"/trace {scope.run_id}")
 
