@@ -49,10 +49,13 @@ class Overrides:
         """Extra micro-dollars allowed on `day` by "raise today's cap"."""
         return int(self.ledger.get_flag(raise_key(day)) or 0)
 
-    def request_cap(self, base: int) -> int:
-        """The per-request dollar cap in micro-dollars."""
-        value = self.ledger.get_flag(REQUEST)
-        return int(value) if value is not None else base
+    def request_cap(self, base: int, conn: Connection | None = None) -> int:
+        """The per-request dollar cap in micro-dollars (read in the caller's transaction when given one)."""
+        if conn is None:
+            with self.ledger.read_conn() as own:
+                return self.request_cap(base, own)
+        found = conn.execute(_READ, {"keys": [REQUEST]}).first()
+        return int(found[1]) if found is not None else base
 
     def model(self, tier: Literal["cheap", "strong"]) -> str | None:
         """The model the owner chose for a tier, if any."""

@@ -326,7 +326,7 @@ async def test_history_after_a_handoff_has_no_budget_footer(make_aria: MakeAria,
     fake_openai.enqueue_tool_call("handoff", {"reason": "I have no access to your calendar", "known": "It is Monday."})
     aria = make_aria(model_strong="gpt-4o-mini")
     first = await aria.agent.run(Request("what is on my calendar?", chat_id=5))
-    assert "Budget used: $" in first.text
+    assert "Budget used: " in first.text
     fake_openai.enqueue_text("ok")
     await aria.agent.run(Request("and tomorrow?", chat_id=5))
     history = _history(fake_openai)

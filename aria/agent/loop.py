@@ -85,11 +85,11 @@ class Agent:
         LedgerUnavailable propagates (nothing was, or can be, recorded), and AlreadyHandled when the recorded
         message it answers was taken by another run (no run is opened)."""
         request = replace(request, text=clean_text(request.text))
-        caps = self._caps(request)
         route = self.router.route(request.text, escalate=request.escalate)
         # One transaction opens the run and reads what its first call needs: the chat's history (read before the
         # run exists, so it is not its own) and the day's spend, which decides the models.
         with self.ledger.write_conn() as conn:
+            caps = self._caps(request, conn)  # the owner's /budget request cap, read with the rest
             past = self.history.messages(conn, request.chat_id)
             day_spent = self.budget.spent_on(conn, self.budget.today())
             run_id = self.ledger.record_run(conn, {
@@ -190,8 +190,8 @@ class Agent:
         """Save the run's state after a completed step, so a crash resumes from here rather than from the start."""
         self.ledger.save_checkpoint(state.scope.run_id, json.dumps(state.to_json(), ensure_ascii=False))
 
-    def _caps(self, request: Request) -> Caps:
-        caps = caps_from_settings(self.settings, self.budget.overrides)
+    def _caps(self, request: Request, conn: Connection) -> Caps:
+        caps = caps_from_settings(self.settings, self.budget.overrides, conn)
         factor = max(1.0, request.budget_factor)
         return replace(caps, tokens=int(caps.tokens * factor), micros=int(caps.micros * factor),
                        steps=int(caps.steps * factor))

@@ -223,10 +223,11 @@ def _explain(binding: str, left: Remaining, prompt_upper: int, minimum: int) -> 
     return f"${max(usd, 0):.4f} left of {scope}, not enough for a useful answer"
 
 
-def caps_from_settings(settings: Settings, overrides: Overrides | None = None) -> Caps:
+def caps_from_settings(settings: Settings, overrides: Overrides | None = None,
+                       conn: Connection | None = None) -> Caps:
     """The per-run caps configured in settings, with the owner's per-request dollar cap above them."""
     micros = usd_to_micros(settings.run_max_usd)
     if overrides is not None:
-        micros = overrides.request_cap(micros)
+        micros = overrides.request_cap(micros, conn)
     return Caps(tokens=settings.run_max_tokens, micros=micros, steps=settings.run_max_steps,
                 seconds=settings.run_max_seconds)
