@@ -176,6 +176,9 @@ def budget_text(threshold: int, spent: int, cap: int, top_skills: str, timezone:
                 if refused and spent < cap else f"{format_usd(spent)} of {format_usd(cap)}")
         return (f"⛔ Today's budget is used up: {used}. Model calls are refused until midnight ({timezone}). "
                 f"/budget today +<usd> raises today's cap once.{mostly}")
+    if percent < threshold:  # a reservation crossed the line; what was spent in the end may be less
+        return (f"⚠ Budget: a call reserved past {threshold}% of today's {format_usd(cap)} (spent so far "
+                f"{format_usd(spent)}, {percent}%). Past that share only the cheap model answers today.{mostly}")
     return f"⚠ Budget: {percent}% of today's {format_usd(cap)} spent ({format_usd(spent)}).{mostly}"
 
 

@@ -36,6 +36,7 @@ from aria.policy import load_policy
 from aria.runs import RunService
 from aria.scheduler import Scheduler
 from aria.skills import SkillSet, ToolContext, builtin_skills_dir, discover
+from aria.strangers import Strangers
 
 log = logging.getLogger(__name__)
 ReminderHook = Callable[[int, dt.datetime], None]
@@ -67,6 +68,7 @@ class Aria:
     alerts: Alerts = field(init=False, repr=False)
     runs: RunService = field(init=False, repr=False)
     channels: list[Channel] = field(default_factory=list, repr=False)
+    strangers: Strangers = field(default_factory=Strangers, repr=False)  # non-owners warned about today
     _openai: openai.AsyncOpenAI | None = field(default=None, repr=False)
 
     @classmethod

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aria.owners")
 NON_OWNER = "from a non-owner"  # the refusal reason's tail, as the owner guard records it
-_warned: dict[int, dt.date] = {}  # user id -> the day its warning was logged
 
 
 @dataclass(frozen=True)
@@ -32,18 +31,29 @@ class Refused:
     last: dt.datetime
 
 
+class Strangers:
+    """Remembers whom it warned about today, so a chatty stranger is one log line a day."""
+
+    def __init__(self) -> None:
+        self.warned: dict[int, dt.date] = {}  # user id -> the day its warning was logged
+
+    def first_today(self, user_id: int, today: dt.date) -> bool:
+        """True the first time `user_id` is seen on `today`."""
+        if self.warned.get(user_id) == today:
+            return False
+        if len(self.warned) > 10_000:  # many strangers: forget earlier days rather than grow without end
+            self.warned = {k: day for k, day in self.warned.items() if day == today}
+        self.warned[user_id] = today
+        return True
+
+
 def warn_stranger(aria: Aria, update: Update) -> None:
     """Log a non-owner's private message at WARNING with its user id, once per user per (UTC) day."""
     user, chat = update.effective_user, update.effective_chat
     if user is None or chat is None or chat.type != "private":
         return
-    today = aria.ledger.now().date()
-    if _warned.get(user.id) == today:
+    if not aria.strangers.first_today(user.id, aria.ledger.now().date()):
         return
-    if len(_warned) > 10_000:  # many strangers: forget old days rather than grow without end
-        for key in [k for k, day in _warned.items() if day != today]:
-            del _warned[key]
-    _warned[user.id] = today
     log.warning("refused a private message from Telegram user %s (@%s): not in ARIA_OWNER_IDS %s. If that is you, "
                 "put %s in ARIA_OWNER_IDS.", user.id, user.username or "-", aria.settings.owner_ids or "[]", user.id)
 
