@@ -178,7 +178,7 @@ def budget_text(threshold: int, spent: int, cap: int, top_skills: str, timezone:
                 f"/budget today +<usd> raises today's cap once.{mostly}")
     if percent < threshold:  # a reservation crossed the line; what was spent in the end may be less
         return (f"⚠ Budget: a call reserved past {threshold}% of today's {format_usd(cap)} (spent so far "
-                f"{format_usd(spent)}, {percent}%). Past that share only the cheap model answers today.{mostly}")
+                f"{format_usd(spent)}, {percent}%).{mostly}")
     return f"⚠ Budget: {percent}% of today's {format_usd(cap)} spent ({format_usd(spent)}).{mostly}"
 
 
