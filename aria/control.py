@@ -145,9 +145,11 @@ def decide_text(aria: Aria, raw_id: str, *, confirm: bool, user_id: int | None) 
         return "That change does not exist."
     if existing.status != "proposed":
         return f"Already {existing.status}; nothing changed."
-    if not confirm:
+    stale = existing.key.startswith("budget.today:") and existing.key != f"budget.today:{aria.budget.today()}"
+    if not confirm or stale:
         overrides.cancel(change_id, user_id)
-        return "Cancelled; nothing changed."
+        return (f"That raise was for {existing.key.split(':', 1)[1]}, which is over; nothing changed." if stale
+                else "Cancelled; nothing changed.")
     applied = overrides.apply(change_id, user_id)
     if applied is None:
         return "Already decided; nothing changed."

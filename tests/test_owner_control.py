@@ -43,15 +43,15 @@ async def _answer(aria: Aria, line: str) -> commands.Reply:
 
 
 async def test_budget_overrides_hold_across_a_restart_and_default_restores_the_setting(
-        make_aria: MakeAria) -> None:
-    aria = make_aria(day_max_usd=2.0)
+        make_aria: MakeAria, clock: ManualClock) -> None:
+    aria = make_aria(clock=clock, day_max_usd=2.0)
     proposal = await _answer(aria, "/budget day 0.5")
     assert aria.budget.day_cap == 2_000_000  # proposed, not applied
     change_id = proposal.actions[0].data.split(":")[1]
     done = await _answer(aria, f"/budget confirm {change_id}")
     assert done.text.startswith("Done: daily cap set to $0.5000")
     assert (await _answer(aria, f"/budget confirm {change_id}")).text.startswith("Already applied")
-    restarted = make_aria(day_max_usd=2.0)
+    restarted = make_aria(clock=clock, day_max_usd=2.0)
     assert restarted.budget.day_cap == 500_000
     back = await _answer(restarted, "/budget day default")
     await _answer(restarted, f"/budget confirm {back.actions[0].data.split(':')[1]}")
@@ -59,9 +59,13 @@ async def test_budget_overrides_hold_across_a_restart_and_default_restores_the_s
     cancelled = await _answer(restarted, "/budget request 5")
     assert (await _answer(restarted, f"/budget cancel {cancelled.actions[0].data.split(':')[1]}")).text == \
         "Cancelled; nothing changed."
+    raise_today = await _answer(restarted, "/budget today +1")
+    clock.advance(days=1)
+    late = await _answer(restarted, f"/budget confirm {raise_today.actions[0].data.split(':')[1]}")
+    assert late.text.endswith("which is over; nothing changed.") and restarted.budget.day_cap == 2_000_000
     with restarted.ledger.read() as s:
         statuses = [c.status for c in s.exec(select(SettingChange).order_by(SettingChange.id))]
-    assert statuses == ["applied", "applied", "cancelled"]
+    assert statuses == ["applied", "applied", "cancelled", "cancelled"]
 
 
 @pytest.mark.parametrize("line", ["/budget day -1", "/budget day abc", "/budget day nan", "/budget today 1",
