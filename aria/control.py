@@ -169,11 +169,11 @@ def describe(change: SettingChange) -> str:
 
 
 def raise_today(aria: Aria, user_id: int | None, chat_id: int | None, run_id: int) -> int:
-    """The "Raise today's cap" button of a day-capped refusal: today's cap goes up by one request's cap, once
+    """The "Raise today's cap" button of a day-capped refusal: today's cap goes up by room for one request, once
     (the press is the confirmation; an audit row records it). Returns the raise in micro-dollars."""
     overrides = aria.budget.overrides
     day = aria.budget.today()
-    micros = caps_from_settings(aria.settings, overrides).micros
+    micros = aria.budget.raise_for(caps_from_settings(aria.settings, overrides).micros)
     change = overrides.propose(f"budget.today:{day}", str(overrides.raised_by(day)), str(micros), user_id=user_id,
                                chat_id=chat_id, run_id=run_id)
     overrides.apply(change, user_id)

@@ -85,6 +85,8 @@ def trace_text(aria: Aria, run: Run) -> str:
         lines.append(f"failure [{failure.component}] {failure.error_type}: {shorten(failure.message, 120)} → "
                      f"{failure.handling}")
     lines.append(_end_line(run, calls, start))
+    if run.final_text and run.status not in ("ok", "running"):
+        lines.append(f"Said: {shorten(run.final_text.splitlines()[0], 200)}")
     return "\n".join(lines)
 
 

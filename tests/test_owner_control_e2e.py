@@ -135,6 +135,7 @@ async def test_trace_of_a_handoff_and_export_as_documents(make_aria: MakeAria, f
     assert f"Run {run.id} · telegram message" in text and "route cheap" in text
     assert "model gpt-4o-mini:" in text and "tokens" in text and " ms, ok" in text
     assert "End: handoff (stop: handoff)" in text and "1 model call," in text
+    assert "Said: I don't know: no access to the NAS." in text
     names = [name for _, name, _, _ in fake_telegram.documents]
     assert [n.split("-")[1] for n in names] == ["runs", "spend", "failures"] and all(n.endswith(".csv") for n in names)
     runs_csv = next(data for _, name, data, _ in fake_telegram.documents if "-runs-" in name)

@@ -82,7 +82,7 @@ class Agent:
             router=lambda: self.router,
             circuit_open=lambda model: caller is not None
             and caller.board.get(caller.breaker_key(model)).state == "open",
-            raise_by=lambda: caps_from_settings(settings, budget.overrides).micros)
+            raise_by=lambda: budget.raise_for(caps_from_settings(settings, budget.overrides).micros))
         self.escalation = Escalation(ledger, approvals, runner)
         self._context = context_factory
         self.active: set[int] = set()  # runs this process is working on now

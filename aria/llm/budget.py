@@ -103,6 +103,12 @@ class Budget:
         """Today's cap in micro-dollars (the owner's override and today's raise included)."""
         return self.day_cap_on(self.today())
 
+    def raise_for(self, request_micros: int) -> int:
+        """What "raise today's cap" adds: room for one whole request, over whatever today already went past the
+        cap (a cap lowered below the day's spend)."""
+        today = self.today()
+        return max(0, self.day_spent(today) - self.day_cap_on(today)) + request_micros
+
     def day_cap_on(self, day: str) -> int:
         """The cap of a local day in micro-dollars."""
         with self.ledger.read_conn() as conn:
