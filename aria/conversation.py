@@ -42,6 +42,7 @@ def start_new(ledger: Ledger, chat_id: int) -> int:
 
 def new_text(dropped: int) -> str:
     """The answer to /new."""
-    earlier = f"the {dropped} earlier exchange{'s' if dropped != 1 else ''}" if dropped else "nothing earlier"
-    return (f"New conversation: {earlier} will not be sent to the model from now on. Everything stays in the "
-            "ledger (/trace, /export).")
+    if not dropped:
+        return "New conversation started (there was nothing earlier to leave out)."
+    return (f"New conversation: the {dropped} earlier exchange{'s' if dropped != 1 else ''} will no longer be sent "
+            "to the model. Everything stays in the ledger (/trace, /export).")
