@@ -9,6 +9,7 @@ is unknowable (a timeout after the request was sent) keeps it as an estimated co
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, bindparam, case, func
 from sqlmodel import col, select
 
-from aria.errors import BudgetExhausted
+from aria.errors import BudgetExhausted, LedgerUnavailable
 from aria.ledger import COUNTED_MICROS, Ledger, Run, Spend, usd_to_micros
 from aria.llm.pricing import PriceBook, TokenCounts
 from aria.overrides import Overrides
@@ -178,7 +179,9 @@ class Budget:
 
     def _crossed(self, day: str, threshold: int) -> None:
         for listener in self.on_threshold:
-            listener(day, threshold)
+            # Best effort: the reservation (or the refusal) stands whether or not the alert's mark could be written.
+            with contextlib.suppress(LedgerUnavailable):
+                listener(day, threshold)
 
     def settle(self, reservation: Reservation, tokens: TokenCounts, *, step_id: int | None = None,
                raw_usage: dict[str, object] | None = None, step: dict[str, Any] | None = None) -> int:
