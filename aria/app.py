@@ -32,6 +32,7 @@ from aria.llm.client import ModelCaller
 from aria.llm.pricing import PriceBook
 from aria.llm.router import Router
 from aria.llm.stream import Windows
+from aria.llm.transcription import Transcriber, build_transcriber
 from aria.outbox import Outbox
 from aria.policy import load_policy
 from aria.runs import RunService
@@ -70,6 +71,7 @@ class Aria:
     runs: RunService = field(init=False, repr=False)
     channels: list[Channel] = field(default_factory=list, repr=False)
     strangers: Strangers = field(default_factory=Strangers, repr=False)  # non-owners warned about today
+    transcriber: Transcriber | None = field(default=None, repr=False)  # voice notes; None while they are off
     _openai: openai.AsyncOpenAI | None = field(default=None, repr=False)
 
     @classmethod
@@ -107,6 +109,7 @@ class Aria:
         aria.digests = DigestService(aria, aria.outbox)
         aria.alerts = Alerts(aria, aria.outbox)
         aria.runs = RunService(aria)
+        aria.transcriber = build_transcriber(settings, ledger, budget)
         return aria
 
     async def start(self, *channels: Channel) -> None:
@@ -143,6 +146,8 @@ class Aria:
         await self.connectors.aclose()
         if self._openai is not None:
             await self._openai.close()
+        if self.transcriber is not None:
+            await self.transcriber.client.close()
         self.ledger.engine.dispose()
 
 

@@ -12,6 +12,7 @@ from telegram.error import TelegramError
 
 from aria.app import Aria, data_dir_writable
 from aria.config import Settings
+from aria.errors import AriaError
 from aria.netguard import METADATA_ADDRESSES, REFUSED_SUMMARY
 from aria.strangers import refused_users
 
@@ -41,6 +42,7 @@ async def run_checks(aria: Aria) -> list[Check]:
     checks.append(fetch_rule(settings))
     checks.append(await _bot_api(aria))
     checks += await _model_endpoint(aria)
+    checks.append(voice_notes(aria))
     return checks
 
 
@@ -57,6 +59,18 @@ def owners(aria: Aria) -> Check:
                      f"UTC)" for r in refused)
     return Check("owners", "warn", f"ARIA_OWNER_IDS {', '.join(map(str, ids))}; last refused users: {seen}. If one "
                  "of them is you, put that id in ARIA_OWNER_IDS")
+
+
+def voice_notes(aria: Aria) -> Check:
+    """Whether voice notes are transcribed, and at what price a minute (an unpriced model is refused)."""
+    transcriber = aria.transcriber
+    if transcriber is None:
+        return Check("voice notes", "ok", "off (set ARIA_TRANSCRIBE_MODEL to transcribe them)")
+    try:
+        price = transcriber.price()
+    except AriaError as exc:
+        return Check("voice notes", "fail", f"{transcriber.model}: {exc}")
+    return Check("voice notes", "ok", f"{transcriber.model} at ${price.usd:g} a minute ({price.source})")
 
 
 def fetch_rule(settings: Settings) -> Check:

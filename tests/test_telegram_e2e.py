@@ -13,6 +13,7 @@ from telegram.ext import Application
 
 from aria.app import Aria
 from aria.ledger import Event, Failure, Run, Spend
+from aria.telegram.attachments import UNREADABLE
 from aria.telegram.bot import build_application
 from aria.telegram.send import send_text
 from tests.conftest import OWNER, STRANGER, eventually, polling
@@ -162,7 +163,7 @@ async def test_non_text_messages_get_a_plain_explanation(bot: Any, fake_telegram
                           "is_animated": False, "is_video": False}
     fake_telegram.add_raw_update(update)
     (call,) = await fake_telegram.wait_for("sendMessage")
-    assert call.params["text"] == "I can only read text messages for now."
+    assert call.params["text"] == UNREADABLE  # what it can read: text, captions, text files, voice notes
 
 
 async def test_rejected_markup_is_resent_as_plain_text(fake_telegram: Any) -> None:

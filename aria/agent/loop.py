@@ -431,13 +431,17 @@ class Agent:
                 f"/trace {scope.run_id}")
 
 
+_UNTRUSTED_TRIGGERS = {"event": "an event's payload", "forward": "a forwarded message", "document": "a document",
+                       "photo": "a photo caption"}
+
+
 def request_sources(request: Request) -> tuple[str, ...]:
-    """The untrusted content a request carries: an event's payload or a forwarded message is someone else's words,
-    not the owner's."""
-    if request.sources or request.trigger not in ("event", "forward"):
+    """The untrusted content a request carries: an event's payload, a forwarded message or a document is someone
+    else's words, not the owner's."""
+    if request.sources or request.trigger not in _UNTRUSTED_TRIGGERS:
         return request.sources
     # A run rebuilt from its row after a restart, without the original source's name.
-    what = "an event's payload" if request.trigger == "event" else "a forwarded message"
+    what = _UNTRUSTED_TRIGGERS[request.trigger]
     return (f"{what} ({request.channel})",)
 
 

@@ -288,9 +288,18 @@ def m009_owner_control(conn: Connection) -> None:
     """)
 
 
+def m014_intake(conn: Connection) -> None:
+    """Spend rows can name the recorded message they were made for (a voice note's transcription, before any run),
+    so the run that answers it adopts them. The partial index keeps that look-up, made as every run opens, tiny."""
+    _run(conn, """
+    ALTER TABLE spend ADD COLUMN event_id INTEGER;
+    CREATE INDEX ix_spend_event ON spend (event_id) WHERE event_id IS NOT NULL
+    """)
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events,
                                m005_hot_path_indexes, m006_durable_runs, m007_event_replay_key, m008_run_answer,
-                               m009_owner_control]
+                               m009_owner_control, m014_intake]
 
 
 def applied(conn: Connection) -> set[str]:

@@ -104,6 +104,9 @@ class Spend(SQLModel, table=True):
     day: str  # the owner's local date, YYYY-MM-DD (indexed with other columns, see migration m005)
     created_at: dt.datetime = Field(index=True)
     settled_at: dt.datetime | None = None
+    # The recorded message a call was made for before its run opened (a voice note's transcription): the run that
+    # answers the message adopts the row, so it counts against that run's caps.
+    event_id: int | None = None
 
 
 # What a spend row counts for, against caps and in every report: an open reservation its worst case, a settled call

@@ -74,6 +74,7 @@ def build_application(aria: Aria, *,
     application.add_handler(CallbackQueryHandler(handlers.unknown_button))
     application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, handlers.text))
     application.add_handler(MessageHandler(filters.COMMAND, handlers.command))
+    application.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL | filters.VOICE, handlers.attachment))
     application.add_handler(MessageHandler(~filters.TEXT & ~filters.StatusUpdate.ALL, handlers.unsupported))
     application.add_error_handler(handlers.on_error)
     return application

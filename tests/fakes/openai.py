@@ -26,7 +26,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.fakes.server import ServedFake, ServerThread, wait_until, wait_until_sync
+from tests.fakes.server import ServedFake, ServerThread, parse_multipart, wait_until, wait_until_sync
 
 __all__ = [
     "FakeOpenAI",
@@ -152,6 +152,8 @@ class FakeOpenAI(ServedFake):
         self.requests: list[Request] = []
         self._lock = threading.RLock()
         self._script: list[_Script] = []
+        self._transcripts: list[_Script] = []  # answers of /audio/transcriptions, apart from the chat script
+        self.default_transcript = "Transcribed."
         self._model_faults: dict[str, tuple[int, float | str | None]] = {}
         self._counter = 0
         # Seconds per generated piece (about a word): a slow model, for streamed and non-streamed replies alike.
@@ -159,6 +161,7 @@ class FakeOpenAI(ServedFake):
         app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
+                Route("/v1/audio/transcriptions", self._transcriptions, methods=["POST"]),
                 Route("/v1/models", self._list_models, methods=["GET"]),
                 Route("/v1/models/{model:path}", self._get_model, methods=["GET"]),
             ]
@@ -265,6 +268,21 @@ class FakeOpenAI(ServedFake):
     def clear_model_faults(self) -> None:
         with self._lock:
             self._model_faults.clear()
+
+    def enqueue_transcription(self, text: str, seconds: float | None = None, *, status: int = 200) -> None:
+        """Queue the answer to the next transcription: ``text``, billed for ``seconds`` of audio (a ``duration``
+        usage, as whisper-1 reports it; None reports no usage); a ``status`` other than 200 answers that error."""
+        usage = {"type": "duration", "seconds": seconds} if seconds is not None else None
+        body = json.dumps(error_body(status)).encode() if status != 200 else None
+        with self._lock:
+            self._transcripts.append(_Script("transcript" if status == 200 else "error", None, text=text,
+                                             usage=usage, status=status, body=body))
+
+    @property
+    def transcriptions(self) -> list[Request]:
+        """Transcription requests; each body holds the form fields and ``file_name``/``file_bytes``."""
+        with self._lock:
+            return [r for r in self.requests if r.path == "/v1/audio/transcriptions"]
 
     def clear_script(self) -> None:
         with self._lock:
@@ -496,6 +514,36 @@ class FakeOpenAI(ServedFake):
                 entry.closed_early = not completed
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def _transcriptions(self, request: HTTPRequest) -> Response:
+        """multipart/form-data with ``file`` and ``model``, answered as ``response_format=json`` is."""
+        denied = self._auth_error(request)
+        raw = await request.body()
+        try:
+            fields, files, names = parse_multipart(raw, request.headers.get("content-type", ""))
+        except ValueError:
+            fields, files, names = {}, {}, {}
+        body: JSON = {**fields, "file_name": names.get("file"), "file_bytes": len(files.get("file", b""))}
+        model = fields.get("model")
+        if denied is not None:
+            self._record(request, model, body, "auth_failed", 401, None)
+            return denied
+        if not model or "file" not in files:
+            self._record(request, model, body, "bad_request", 400, None)
+            missing = "model" if not model else "file"
+            return JSONResponse(error_body(400, f"Missing required parameter: '{missing}'.", param=missing),
+                                status_code=400)
+        with self._lock:
+            item = self._transcripts.pop(0) if self._transcripts else _Script("transcript", None,
+                                                                               text=self.default_transcript)
+        if item.kind == "error":
+            self._record(request, model, body, f"error:{item.status}", item.status, None)
+            return Response(item.body or b"", status_code=item.status, headers={"content-type": "application/json"})
+        reply: JSON = {"text": item.text or ""}
+        if item.usage is not None:
+            reply["usage"] = item.usage
+        self._record(request, model, body, "transcript", 200, reply)
+        return JSONResponse(reply)
 
     @staticmethod
     def _validate(body: JSON) -> tuple[str, str] | None:

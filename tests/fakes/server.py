@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import threading
 import time
@@ -310,3 +311,37 @@ class ServedFake:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, str], dict[str, bytes], dict[str, str]]:
+    """Minimal multipart/form-data parser (python-multipart is not a dependency)."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not match:
+        raise ValueError("invalid multipart body: no boundary")
+    delimiter = b"--" + match.group(1).encode("latin-1")
+    fields: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    filenames: dict[str, str] = {}
+    for part in body.split(delimiter)[1:]:
+        if part.startswith(b"--"):
+            break
+        if part.startswith(b"\r\n"):
+            part = part[2:]
+        head, _, content = part.partition(b"\r\n\r\n")
+        if content.endswith(b"\r\n"):
+            content = content[:-2]
+        headers = head.decode("utf-8", "replace")
+        disposition = next(
+            (line for line in headers.split("\r\n") if line.lower().startswith("content-disposition")), ""
+        )
+        name_match = re.search(r'(?<![a-z])name="([^"]*)"', disposition)
+        if not name_match:
+            continue
+        name = name_match.group(1)
+        file_match = re.search(r'filename="([^"]*)"', disposition)
+        if file_match is not None:
+            files[name] = content
+            filenames[name] = file_match.group(1)
+        else:
+            fields[name] = content.decode("utf-8", "replace")
+    return fields, files, filenames
