@@ -42,6 +42,7 @@ from aria.policy import load_policy
 from aria.runs import RunService
 from aria.scheduler import Scheduler
 from aria.skills import SkillSet, ToolContext, builtin_skills_dir, discover
+from aria.strangers import Strangers
 
 log = logging.getLogger(__name__)
 ReminderHook = Callable[[int, dt.datetime], None]
@@ -75,6 +76,7 @@ class Aria:
     alerts: Alerts = field(init=False, repr=False)
     runs: RunService = field(init=False, repr=False)
     channels: list[Channel] = field(default_factory=list, repr=False)
+    strangers: Strangers = field(default_factory=Strangers, repr=False)  # non-owners warned about today
     transcriber: Transcriber | None = field(default=None, repr=False)  # voice notes; None while they are off
     _openai: openai.AsyncOpenAI | None = field(default=None, repr=False)
 
@@ -99,7 +101,9 @@ class Aria:
         board = BreakerBoard(ledger, failure_threshold=settings.breaker_failures,
                              cooldown=settings.breaker_cooldown_seconds)
         connectors = Connectors(ledger, board, tz=settings.tz, sleep=sleep, user_agent=f"Aria/{__version__}")
-        router = Router(settings.model_cheap, settings.model_strong, tuple(settings.model_fallbacks),
+        # The owner's /model choices, kept in the ledger, stand above the settings.
+        router = Router(budget.overrides.model("cheap") or settings.model_cheap,
+                        budget.overrides.model("strong") or settings.model_strong, tuple(settings.model_fallbacks),
                         settings.cheap_only_share)
         client, caller = _model_caller(settings, ledger, budget, board, sleep)
         policy = load_policy(settings.policy_file)

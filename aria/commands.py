@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from aria import control, export, trace
 from aria.agent.outcome import Action
 from aria.errors import LedgerUnavailable
 from aria.knowledge import owner as notes
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
 
 COST_MAX_DAYS = 90
 NAMES = ("help", "start", "status", "skills", "digest", "cost", "approvals", "pause", "resume", "mcp",
-         *notes.COMMANDS)
+         *notes.COMMANDS, *control.NAMES, "trace", "export")
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,15 @@ class Reply:
     actions: list[Action] = field(default_factory=list)
     approval_id: int | None = None  # the approval whose buttons it carries
     purpose: str = "message"
+    document: bytes | None = None  # a file (an export), sent as a document named `file_name`
+    file_name: str | None = None
 
 
-async def answer(aria: Aria, name: str, args: list[str]) -> list[Reply]:
-    """The replies to `/name args`; an unknown name gets the help text."""
+async def answer(aria: Aria, name: str, args: list[str], *, chat_id: int | None = None,
+                 user_id: int | None = None) -> list[Reply]:
+    """The replies to `/name args` from `user_id` in `chat_id`; an unknown name gets the help text."""
+    if name in (*control.NAMES, "trace", "export"):
+        return await owner_control(aria, name, args, chat_id=chat_id, user_id=user_id)
     if name == "status":
         return [Reply(status_text(aria))]
     if name == "skills":
@@ -70,3 +77,22 @@ def _switch(aria: Aria, *, paused: bool) -> str:
     if paused:
         return "Paused. Risky actions and scheduled actions are skipped (and recorded) until /resume."
     return "Resumed. Actions run again (risky ones still ask)."
+
+
+async def owner_control(aria: Aria, name: str, args: list[str], *, chat_id: int | None,
+                        user_id: int | None) -> list[Reply]:
+    """/new (/clear, /reset), /budget, /model, /trace and /export."""
+    if name in ("new", "clear", "reset"):
+        return [Reply(control.new_conversation(aria, chat_id))]
+    if name == "budget":
+        text, actions = control.budget_command(aria, args, chat_id=chat_id, user_id=user_id)
+        return [Reply(text, actions=actions)]
+    if name == "model":
+        return [Reply(control.model_command(aria, args, chat_id=chat_id, user_id=user_id))]
+    if name == "trace":
+        return [Reply(trace.trace_command(aria, args, chat_id))]
+    days = export.parse_days(args)
+    if days is None:
+        return [Reply(export.USAGE)]
+    files = await asyncio.to_thread(export.export_files, aria, days)
+    return [Reply(f.caption, document=f.data, file_name=f.name, purpose="export") for f in files]

@@ -267,6 +267,27 @@ def m008_run_answer(conn: Connection) -> None:
     """)
 
 
+def m009_owner_control(conn: Connection) -> None:
+    """Changes the owner makes from the chat (budgets, models) are audited, one row per proposal with its outcome;
+    outbox rows can carry a document (an export) under its file name."""
+    _run(conn, """
+    CREATE TABLE settingchange (
+        id INTEGER NOT NULL PRIMARY KEY,
+        "key" VARCHAR NOT NULL,
+        old_value VARCHAR,
+        new_value VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        user_id INTEGER,
+        chat_id INTEGER,
+        run_id INTEGER,
+        created_at DATETIME NOT NULL,
+        decided_at DATETIME
+    );
+    CREATE INDEX ix_settingchange_created_at ON settingchange (created_at);
+    ALTER TABLE outbox ADD COLUMN file_name VARCHAR
+    """)
+
+
 def m010_mcp(conn: Connection) -> None:
     """MCP tool definitions pinned when first seen: a changed description or schema waits for the owner."""
     _run(conn, """
@@ -349,7 +370,7 @@ def m014_intake(conn: Connection) -> None:
 
 MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events,
                                m005_hot_path_indexes, m006_durable_runs, m007_event_replay_key, m008_run_answer,
-                               m010_mcp, m011_knowledge, m014_intake]
+                               m009_owner_control, m010_mcp, m011_knowledge, m014_intake]
 
 
 def applied(conn: Connection) -> set[str]:

@@ -24,7 +24,8 @@ Handling = Literal["retried", "fell_back", "degraded", "handed_off", "refused", 
 # unknown: the process stopped while the action executed, so it may or may not have run (never "not run").
 ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "executing", "executed", "failed", "unknown"]
 OutboxStatus = Literal["pending", "delivered", "refused"]
-OutboxKind = Literal["text", "photo", "edit"]
+OutboxKind = Literal["text", "photo", "edit", "document"]
+ChangeStatus = Literal["proposed", "applied", "cancelled"]
 
 MICROS = 1_000_000
 
@@ -174,6 +175,7 @@ class Outbox(SQLModel, table=True):
     channel: str = "telegram"  # the channel that delivers it: telegram, terminal
     approval_id: int | None = None  # the approval whose buttons it carries (delivery records the message id)
     edit_message_id: int | None = None  # for an edit, the message changed; for an answer, a progress message
+    file_name: str | None = None  # a document's name (kind `document`, its bytes in `payload`)
 
 
 class Event(SQLModel, table=True):
@@ -212,6 +214,21 @@ class KeyValue(SQLModel, table=True):
     key: str = Field(primary_key=True)
     value: str
     updated_at: dt.datetime
+
+
+class SettingChange(SQLModel, table=True):
+    """A change the owner asked for from the chat (a budget cap, a model), proposed, then applied or cancelled."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str  # budget.day, budget.request, budget.today, model.cheap, model.strong
+    old_value: str | None = None
+    new_value: str
+    status: ChangeStatus = Field(default="proposed", sa_type=String)
+    user_id: int | None = None
+    chat_id: int | None = None
+    run_id: int | None = None  # the refused run a "raise today's cap" press retries
+    created_at: dt.datetime = Field(index=True)
+    decided_at: dt.datetime | None = None
 
 
 class Reminder(SQLModel, table=True):

@@ -70,6 +70,7 @@ def build_application(aria: Aria, *,
     application.add_handler(CommandHandler(list(commands.NAMES), handlers.command))
     application.add_handler(CallbackQueryHandler(handlers.approval_button, pattern=r"^ap:"))
     application.add_handler(CallbackQueryHandler(handlers.retry_button, pattern=r"^retry:"))
+    application.add_handler(CallbackQueryHandler(handlers.change_button, pattern=r"^cfg:"))
     application.add_handler(CallbackQueryHandler(handlers.continue_button, pattern=r"^continue:\d+$"))
     application.add_handler(CallbackQueryHandler(mcp_button, pattern=r"^mcp:"))
     application.add_handler(CallbackQueryHandler(handlers.unknown_button))

@@ -20,14 +20,16 @@ from telegram.constants import ChatType
 from telegram.error import TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
-from aria import commands
+from aria import commands, control
 from aria.agent.provenance import OWNER_TRIGGERS, untrusted_sources
 from aria.agent.state import Request
 from aria.app import Aria
 from aria.approvals import MAX_ID, REFUSALS, PressResult, parse_callback
 from aria.errors import LedgerUnavailable
 from aria.knowledge.owner import MAX_LEARN_CHARS, learn_document
+from aria.ledger.reports import format_usd
 from aria.sanitize import clean_text
+from aria.strangers import warn_stranger
 from aria.telegram.attachments import (
     NOT_READ,
     UNREADABLE,
@@ -73,6 +75,7 @@ async def _guard(update: Update, context: ContextTypes.DEFAULT_TYPE, intake: Int
     user = update.effective_user
     kind = "callback" if update.callback_query else "message" if update.effective_message else "update"
     if user is None or user.id not in aria.settings.owner_ids:
+        warn_stranger(aria, update)  # a typo'd ARIA_OWNER_IDS shows up in the log at once
         await _refuse(aria, update, f"{kind} from a non-owner")
     chat = update.effective_chat
     if chat is not None and chat.type != ChatType.PRIVATE and not aria.settings.allow_groups:
@@ -109,9 +112,12 @@ async def command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     name = message.text.split()[0].lstrip("/").split("@")[0].lower()
     aria = _aria(context)
-    for reply in await commands.answer(aria, name, list(context.args or [])):
+    user_id = update.effective_user.id if update.effective_user else None
+    for reply in await commands.answer(aria, name, list(context.args or []), chat_id=update.effective_chat.id,
+                                       user_id=user_id):
         await aria.runs.reply(_channel(context), update.effective_chat.id, reply.text, photo=reply.photo,
-                              actions=reply.actions, purpose=reply.purpose, approval_id=reply.approval_id)
+                              actions=reply.actions, purpose=reply.purpose, approval_id=reply.approval_id,
+                              document=reply.document, file_name=reply.file_name)
     event_id = _intake(context).event_of.pop(update.update_id, None)
     if event_id is not None:
         _intake(context).processed(event_id)
@@ -272,13 +278,17 @@ async def retry_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     valid_id = raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 19 and int(raw_id) <= MAX_ID
     run = aria.ledger.run(int(raw_id)) if valid_id else None
     chat = update.effective_chat
-    if run is None or chat is None or run.chat_id != chat.id or kind not in ("strong", "budget", "again"):
+    if run is None or chat is None or run.chat_id != chat.id or kind not in ("strong", "budget", "again", "raise"):
         await _answer_press(update, "That button does not refer to anything I can retry.")
         return
     if not aria.ledger.claim_flag(f"retry:{run.id}:{kind}", str(update.update_id)):
         await _answer_press(update, "Already retried.")
         return
-    await _answer_press(update, "Retrying…")
+    if kind == "raise":  # a day-capped refusal: today's cap goes up once, then the request runs again
+        raised = control.raise_today(aria, query.from_user.id, chat.id, run.id or 0)
+        await _answer_press(update, f"Today's cap raised by {format_usd(raised)}; retrying…")
+    else:
+        await _answer_press(update, "Retrying…")
     try:
         await query.edit_message_reply_markup(reply_markup=None)
     except TelegramError as exc:  # the buttons staying is cosmetic; the retry below is what matters
@@ -290,6 +300,23 @@ async def retry_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
                                    escalate=kind == "strong", budget_factor=2.0 if kind == "budget" else 1.0,
                                    sources=() if owners else tuple(untrusted_sources(aria.ledger, run.id or 0))),
                            _channel(context))
+
+
+async def change_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Confirm or Cancel under a proposed change (/budget): applied once; the buttons go, the outcome is told."""
+    query = update.callback_query
+    assert query is not None
+    parts = (query.data or "").split(":")
+    if len(parts) != 3 or parts[2] not in ("y", "n"):
+        await unknown_button(update, context)
+        return
+    aria = _aria(context)
+    text = control.decide_text(aria, parts[1], confirm=parts[2] == "y", user_id=query.from_user.id)
+    await _answer_press(update, text.split("\n", 1)[0][:200])
+    with contextlib.suppress(TelegramError):  # the buttons staying is cosmetic; the decision is recorded
+        await query.edit_message_reply_markup(reply_markup=None)
+    chat_id = update.effective_chat.id if update.effective_chat else query.from_user.id
+    await aria.runs.reply(_channel(context), chat_id, text)
 
 
 async def continue_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

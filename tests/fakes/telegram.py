@@ -711,6 +711,20 @@ class FakeTelegram(ServedFake):
                     result.append((call.params.get("chat_id", ""), data or b"", call.params.get("caption")))
         return result
 
+    @property
+    def documents(self) -> list[tuple[int | str, str, bytes, str | None]]:
+        """(chat_id, file name, bytes, caption) for each successful sendDocument."""
+        result: list[tuple[int | str, str, bytes, str | None]] = []
+        with self._lock:
+            for call in self.calls:
+                if call.ok and call.method == "sendDocument":
+                    ref = str(call.params.get("document", ""))
+                    field_name = ref.removeprefix("attach://") if ref.startswith("attach://") else "document"
+                    data = call.files.get(field_name, b"")
+                    name = call.filenames.get(field_name, field_name)
+                    result.append((call.params.get("chat_id", ""), name, data, call.params.get("caption")))
+        return result
+
     async def wait_for(
         self,
         method: str,
