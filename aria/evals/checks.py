@@ -110,10 +110,13 @@ def invariants(seen: Observed) -> list[str]:
         if micros > seen.day_cap_micros:
             failures.append(f"{day}: spent ${micros / MICROS:.6f}, over the daily cap ${seen.day_cap_micros / MICROS}")
     failures += _unapproved(seen)
+    ledger_tables = sorted({line.split(":", 1)[0] for line in seen.ledger_text.splitlines()
+                            for secret in seen.secrets if secret in line})
     for secret in seen.secrets:
         where = [name for name, texts in (("the owner's chat", [m.text for m in seen.messages]),
-                                          ("the ledger", [seen.ledger_text]), ("a model request", seen.requests))
-                 if any(secret in t for t in texts)]
+                                          ("a model request", seen.requests)) if any(secret in t for t in texts)]
+        if any(secret in line for line in seen.ledger_text.splitlines()):
+            where.append(f"the ledger (table {', '.join(ledger_tables)})")
         if where:
             failures.append(f"a secret reached {', '.join(where)}")
     return failures
@@ -201,8 +204,9 @@ def _ledger_checks(seen: Observed) -> list[str]:
 
 
 def _all_text(conn: sqlite3.Connection) -> str:
+    """Every value of every table, each line led by its table's name (so a finding says where)."""
     tables = [row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-    return "\n".join(json.dumps([str(v) for v in row], ensure_ascii=False)
+    return "\n".join(f"{table}: " + json.dumps([str(v) for v in row], ensure_ascii=False)
                      for table in tables for row in conn.execute(f'SELECT * FROM "{table}"'))
 
 

@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -158,15 +159,19 @@ def isolated_settings(values: dict[str, Any]) -> Settings:
         return Settings(_env_file=None, **values)
 
 
+_ENVIRONMENT = threading.Lock()  # scenarios run in several threads; the environment is the process's
+
+
 @contextlib.contextmanager
 def _without_environment() -> Iterator[None]:
-    saved = {k: v for k, v in os.environ.items() if k.startswith(("ARIA_", "OPENAI_", "TELEGRAM_"))}
-    for name in saved:
-        del os.environ[name]
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
+    with _ENVIRONMENT:
+        saved = {k: v for k, v in os.environ.items() if k.startswith(("ARIA_", "OPENAI_", "TELEGRAM_"))}
+        for name in saved:
+            del os.environ[name]
+        try:
+            yield
+        finally:
+            os.environ.update(saved)
 
 
 def _models(settings: Settings) -> list[str]:
@@ -212,10 +217,10 @@ class Player:
             await self.restart()
             return
         if step.kind == "say":
-            await self._run(Request(text=step.say or "", trigger="message", channel="telegram", chat_id=OWNER,
+            await self._run(Request(text=step.text, trigger="message", channel="telegram", chat_id=OWNER,
                                     user_id=OWNER))
         elif step.kind == "forward":
-            await self._run(Request(text=forwarded_request(step.sender, step.forward or ""), trigger="forward",
+            await self._run(Request(text=forwarded_request(step.sender, step.text), trigger="forward",
                                     channel="telegram", chat_id=OWNER, user_id=OWNER,
                                     sources=(f"a message forwarded from {step.sender} (Telegram)",)))
         elif step.kind == "event":

@@ -33,6 +33,7 @@ class Page(Strict):
     status: int = Field(default=200, ge=100, le=599)
     delay: float = Field(default=0.0, ge=0, le=30)  # seconds before the answer: a slow connector
     headers: dict[str, str] = Field(default_factory=dict)  # e.g. a redirect's location
+    repeat: int = Field(default=1, ge=1, le=10_000_000)  # the body, this many times over: a huge page
 
 
 class File(Strict):
@@ -113,6 +114,12 @@ class Step(Strict):
     retry: Literal["strong", "budget", "again"] | None = None  # a retry button under the latest run's message
     command: str | None = None  # an owner command such as "/status"
     restart: bool = False  # stop Aria and start it again on the same data folder
+    repeat: int = Field(default=1, ge=1, le=1_000_000)  # the said or forwarded text, this many times over
+
+    @property
+    def text(self) -> str:
+        """What the owner says or forwards, repeated as asked."""
+        return (self.say if self.say is not None else self.forward or "") * self.repeat
 
     @property
     def kind(self) -> StepKind:
