@@ -36,7 +36,8 @@ def pages_app(pages: dict[str, Page]) -> Starlette:
             return Response("Not found.", status_code=404, media_type="text/plain")
         if page.delay:
             await asyncio.sleep(page.delay)
-        return Response(page.body * page.repeat, status_code=page.status, media_type=page.content_type, headers=page.headers)
+        return Response(page.body * page.repeat, status_code=page.status, media_type=page.content_type,
+                        headers=page.headers)
 
     return Starlette(routes=[Route("/{path:path}", serve, methods=["GET", "HEAD"])])
 

@@ -12,7 +12,6 @@ from aria.evals.runner import Mode, Result, now_utc, run_scenario
 from aria.evals.scenario import Scenario
 from aria.ledger import MICROS, EvalResult, EvalRun, Ledger
 
-
 JOBS = 6  # scenarios run at once
 
 
