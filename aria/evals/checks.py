@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aria.config import Settings
@@ -47,6 +47,7 @@ class Observed:
     policy: Policy
     owners: list[int]
     db: str
+    problems: list[str] = field(default_factory=list)  # steps that could not be played as written
 
     @property
     def spend_usd(self) -> float:

@@ -45,6 +45,13 @@ LIVE_FIELDS = ("openai_api_key", "openai_base_url", "model_cheap", "model_strong
                "llm_timeout_seconds", "prices_file")
 
 
+SCENARIO_SECONDS = 180.0  # a scenario still running after this long has failed (a hang must not stall the eval)
+
+
+class StepProblem(Exception):
+    """A step that cannot be played as written (a press with no approval asked): the scenario's failure."""
+
+
 @dataclass
 class Result:
     """How one scenario went."""
@@ -73,8 +80,12 @@ async def run_scenario(scenario: Scenario, mode: Mode = "scripted", configured: 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="aria-eval-") as tmp:
         try:
-            observed = await _play(scenario, mode, configured, Path(tmp))
-            failures = judge(observed, mode)
+            async with asyncio.timeout(SCENARIO_SECONDS):
+                observed = await _play(scenario, mode, configured, Path(tmp))
+            failures = observed.problems + judge(observed, mode)
+        except TimeoutError:
+            return Result(scenario.name, scenario.source, False, [f"still running after {SCENARIO_SECONDS:.0f} s"],
+                          seconds=time.monotonic() - started, tags=scenario.tags)
         except Exception as exc:  # a crash is this scenario's failure; the other scenarios still run
             log.exception("scenario %s crashed", scenario.name)
             return Result(scenario.name, scenario.source, False, [f"the eval crashed: {type(exc).__name__}: {exc}"],
@@ -107,11 +118,17 @@ async def _play(scenario: Scenario, mode: Mode, configured: Settings | None, fol
             for index, step in enumerate(scenario.steps):
                 if mode == "live" and step.kind != "say":
                     continue  # live mode: the owner's messages only
-                await player.play(index, step)
+                try:
+                    await player.play(index, step)
+                except StepProblem as exc:
+                    player.problems.append(f"step {index + 1}: {exc}")
+                    break  # later steps depend on this one
         finally:
             await player.close()
-        return Observed.read(scenario, settings, player.channel.messages, player.silent, player.tools,
-                             player.aria.gate.policy, model.completions if model is not None else [])
+        observed = Observed.read(scenario, settings, player.channel.messages, player.silent, player.tools,
+                                 player.aria.gate.policy, model.completions if model is not None else [])
+        observed.problems = player.problems
+        return observed
 
 
 @contextlib.asynccontextmanager
@@ -141,7 +158,8 @@ def _settings(scenario: Scenario, mode: Mode, configured: Settings | None, folde
         policy.write_text(scenario.policy, encoding="utf-8")
     values: dict[str, Any] = {
         "data_dir": folder / "data", "owner_ids": [OWNER], "skills_dir": STANDINS, "fetch_allow": ["127.0.0.1"],
-        "event_secrets": event_secrets, "day_max_usd": 2.0, "log_level": "WARNING",
+        "event_secrets": event_secrets, "event_auth": dict.fromkeys(event_secrets, "hmac"), "day_max_usd": 2.0,
+        "log_level": "WARNING",
     }
     if model is not None:
         values |= {"openai_base_url": model.base_url, "openai_api_key": secret}
@@ -185,6 +203,7 @@ class Player:
         self.settings = settings
         self.event_secrets = event_secrets
         self.silent: list[str] = []  # steps that left the owner without a message
+        self.problems: list[str] = []  # steps that could not be played as written
         self.aria = Aria.build(settings)
         self.channel = EvalChannel(self.aria)
         self.ingress = EventIngress(self.aria, self.channel, settle_seconds=0.0)
@@ -213,6 +232,7 @@ class Player:
     async def play(self, index: int, step: Step) -> None:
         """Do one step; note it when the owner got no message from it."""
         before = len(self.channel.messages)
+        runs_before = _event_runs(self.aria)
         if step.kind == "restart":
             await self.restart()
             return
@@ -235,6 +255,8 @@ class Player:
                 await self.aria.runs.reply(self.channel, OWNER, reply.text, photo=reply.photo,
                                            purpose=reply.purpose, approval_id=reply.approval_id)
         await self.channel.deliver(0)
+        if step.kind == "event" and _event_runs(self.aria) == runs_before:
+            return  # the source's rule found nothing to act on (a passing check): no run, nothing to say
         if len(self.channel.messages) == before:
             self.silent.append(f"step {index + 1} ({step.kind}) left the owner without a message")
 
@@ -254,17 +276,17 @@ class Player:
 
         receipt = await self.ingress.receive(source, headers, chunks())
         if receipt.status_code != 202:
-            raise RuntimeError(f"the eval's event from {source} was not accepted: {receipt}")
+            raise StepProblem(f"the event from {source} was not accepted: {receipt}")
         await self.ingress.drain()
 
     async def _press(self, step: Step) -> None:
         rows = _approvals(self.aria)
         if not rows:
-            raise RuntimeError(f"press {step.press}: no approval was asked")
+            raise StepProblem(f"press {step.press}: no approval was asked")
         try:
             approval = rows[step.approval]
         except IndexError:
-            raise RuntimeError(f"press {step.press}: approval {step.approval} does not exist "
+            raise StepProblem(f"press {step.press}: approval {step.approval} does not exist "
                                f"({len(rows)} asked)") from None
         assert approval.id is not None
         if step.press == "details":
@@ -283,7 +305,7 @@ class Player:
     async def _retry(self, kind: str) -> None:
         run = _last_run(self.aria)
         if run is None:
-            raise RuntimeError("retry: no run to retry")
+            raise StepProblem("retry: no run to retry")
         await self._run(Request(text=run.request, trigger="message", channel="telegram", chat_id=OWNER,
                                 user_id=OWNER, escalate=kind == "strong",
                                 budget_factor=2.0 if kind == "budget" else 1.0))
@@ -296,6 +318,15 @@ def _approvals(aria: Aria) -> list[Any]:
 
     with aria.ledger.read() as session:
         return list(session.exec(select(Approval).order_by(col(Approval.id))).all())
+
+
+def _event_runs(aria: Aria) -> int:
+    from sqlmodel import col, func, select
+
+    from aria.ledger import Run
+
+    with aria.ledger.read() as session:
+        return int(session.exec(select(func.count()).select_from(Run).where(col(Run.trigger) == "event")).one())
 
 
 def _last_run(aria: Aria) -> Any:
