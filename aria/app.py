@@ -31,6 +31,7 @@ from aria.llm.budget import Budget
 from aria.llm.client import ModelCaller
 from aria.llm.pricing import PriceBook
 from aria.llm.router import Router
+from aria.llm.stream import Windows
 from aria.outbox import Outbox
 from aria.policy import load_policy
 from aria.runs import RunService
@@ -155,10 +156,10 @@ def _model_caller(settings: Settings, ledger: Ledger, budget: Budget, board: Bre
         return None, None
     key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "unused"
     # One retry loop owns retries (ours): the client's own are off so each attempt is budgeted and recorded.
+    windows = Windows(first_token=settings.llm_first_token_seconds, silence=settings.llm_silence_seconds)
     client = openai.AsyncOpenAI(api_key=key, base_url=settings.openai_base_url, max_retries=0,
-                                timeout=settings.llm_timeout_seconds)
-    caller = ModelCaller(client, ledger, budget, board, base_url=str(client.base_url),
-                         timeout=settings.llm_timeout_seconds, sleep=sleep)
+                                timeout=max(windows.first_token, windows.silence) + 5.0)
+    caller = ModelCaller(client, ledger, budget, board, base_url=str(client.base_url), windows=windows, sleep=sleep)
     return client, caller
 
 

@@ -30,6 +30,9 @@ class Live(Protocol):
     async def note(self, text: str) -> None:
         """Show what the run is doing now."""
 
+    def draft(self, text: str) -> None:
+        """Show the answer so far while the model writes it (throttled by the channel; never blocks)."""
+
 
 class Channel(Protocol):
     """Where requests come from and replies go: Telegram, the terminal, events."""
@@ -64,6 +67,9 @@ class Quiet:
         return None
 
     async def note(self, text: str) -> None:
+        return None
+
+    def draft(self, text: str) -> None:
         return None
 
 

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8080, ge=1, le=65535)
     poll_stall_seconds: float = Field(default=180.0, gt=0)
+    # The answer is previewed as it is written (a draft, or edits of one message) at most once per this many seconds.
+    preview_seconds: float = Field(default=1.0, ge=0.1)
     allow_groups: bool = False  # answer an owner in groups and supergroups too (else only private chats)
 
     # Event ingress (signed webhooks from the owner's systems)
@@ -62,7 +64,9 @@ class Settings(BaseSettings):
     model_cheap: str = Field(default="gpt-4o-mini", validation_alias="ARIA_MODEL_CHEAP")
     model_strong: str = Field(default="gpt-4o", validation_alias="ARIA_MODEL_STRONG")
     model_fallbacks: CommaStrs = Field(default_factory=list)
-    llm_timeout_seconds: float = Field(default=60.0, gt=0)
+    # A streamed call is judged by these, never by its total time (a slow local model that keeps writing is fine).
+    llm_first_token_seconds: float = Field(default=120.0, gt=0)
+    llm_silence_seconds: float = Field(default=30.0, gt=0)
     prices_file: Path | None = None
     max_output_tokens: int = Field(default=1024, ge=16)
     min_output_tokens: int = Field(default=64, ge=1)

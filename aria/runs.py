@@ -85,12 +85,34 @@ class RunService:
         writer = ReplyWriter(self.outbox, channel, request.chat_id, presence, notify=notify)
         try:
             async with presence:
-                outcome = await self.aria.agent.run(request, presence.note, reply=writer)
+                outcome = await self.aria.agent.run(request, presence, reply=writer)
         except LedgerUnavailable:
             await self._refuse_unwritable(channel, request.chat_id, request.text)
             return None
         except AlreadyHandled:
             return None  # a second copy of a message another run answers
+        await self.after_run(outcome, channel, writer.row_id)
+        return outcome
+
+    async def carry_on(self, run_id: int, channel: Channel, chat_id: int, *, claimed: bool = False) -> Outcome | None:
+        """A Continue press on an answer cut at the output limit: the same run goes on from its kept state, within
+        its caps, once (a second press, or one on a run that is not waiting, finds nothing to take: None). The
+        caller may have `claimed` the run already (`Ledger.claim_continuation`) to answer the press first."""
+        if not self.ledger.health.writable:
+            await self._refuse_unwritable(channel, chat_id, "continue")
+            return None
+        if not claimed and not self.ledger.claim_continuation(run_id):
+            return None
+        run = self.ledger.run(run_id)
+        assert run is not None
+        presence = channel.live(chat_id)
+        writer = ReplyWriter(self.outbox, channel, chat_id, presence)
+        try:
+            async with presence:
+                outcome = await self.aria.agent.continue_run(run, presence, reply=writer)
+        except LedgerUnavailable:
+            await self._refuse_unwritable(channel, chat_id, "continue")
+            return None
         await self.after_run(outcome, channel, writer.row_id)
         return outcome
 
@@ -141,7 +163,7 @@ class RunService:
         writer = ReplyWriter(self.outbox, channel, chat_id, presence)
         try:
             async with presence:
-                outcome = await self.aria.agent.resume(fresh, presence.note, reply=writer)
+                outcome = await self.aria.agent.resume(fresh, presence, reply=writer)
         except LedgerUnavailable:
             if channel is not None and chat_id is not None:
                 await self._refuse_unwritable(channel, chat_id, fresh.summary)

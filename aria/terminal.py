@@ -43,6 +43,9 @@ class TerminalLive:
         self._out.write(f"  … {text}\n")
         self._out.flush()
 
+    def draft(self, text: str) -> None:
+        """The terminal prints the finished answer only (a partial one would be printed twice)."""
+
 
 class TerminalChannel:
     """Prints outbox rows of the terminal channel, in order; marks each delivered once printed."""
@@ -81,6 +84,8 @@ class TerminalChannel:
                 text = f"{text}\n(/approve {row.approval_id} or /reject {row.approval_id})"
             elif row.reply_markup and "retry:again:" in row.reply_markup and row.run_id is not None:
                 text = f"{text}\n(send the request again to retry)"
+            elif row.reply_markup and f'"continue:{row.run_id}"' in row.reply_markup:
+                text = f"{text}\n(/continue to carry on)"
             self.out.write(f"aria> {text}\n")
             self.out.flush()
             outbox.mark_delivered(row.id, None)
@@ -115,7 +120,7 @@ async def chat(aria: Aria, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdou
 def commands_help(aria: Aria) -> str:
     """The help text, with the terminal's own commands."""
     return (help_text(aria.caller is not None) + "\n/approve <id>, /reject <id> - decide an approval\n"
-            "/quit - leave\n")
+            "/continue - carry on the last answer cut at the output limit\n/quit - leave\n")
 
 
 async def _read_loop(aria: Aria, channel: TerminalChannel, stdin: TextIO, stdout: TextIO) -> None:
@@ -140,6 +145,11 @@ async def _answer(aria: Aria, channel: TerminalChannel, text: str) -> None:
     command = words[0].lstrip("/").lower() if text.startswith("/") else ""
     if command in ("approve", "reject"):
         await _decide(aria, channel, words)
+        return
+    if command == "continue":
+        cut = aria.ledger.last_cut_run(TERMINAL_CHAT_ID)
+        if cut is None or await aria.runs.carry_on(cut, channel, TERMINAL_CHAT_ID) is None:
+            await channel.tell_directly(TERMINAL_CHAT_ID, "No answer is waiting to be continued.")
         return
     if command:
         for reply in await commands.answer(aria, command, words[1:]):

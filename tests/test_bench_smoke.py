@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as runner
-from bench import budget_precision, idle, memory, startup, telegram_turn, turn
+from bench import budget_precision, idle, memory, startup, streaming, telegram_turn, turn
 
 
 def test_telegram_turn_times_the_floor_and_both_ways_of_chatting_with_aria() -> None:
@@ -18,6 +18,12 @@ def test_telegram_turn_times_the_floor_and_both_ways_of_chatting_with_aria() -> 
     assert "| floor (PTB + openai, nothing else) |" in report
     assert "| Aria, one chat (with history) |" in report
     assert "| Aria, a new chat each turn |" in report
+
+
+def test_streaming_times_first_visible_text_against_the_non_streamed_answer() -> None:
+    report = streaming.main(["--turns", "1", "--delay", "0.005"])
+    assert "| sendMessageDraft |" in report and "| edits of one message (no drafts) |" in report
+    assert "non-streamed time to answer (baseline)" in report
 
 
 def test_fixed_context_reports_the_hello_prompt_and_the_loop_against_a_bare_call() -> None:

@@ -338,8 +338,14 @@ async def test_auth_stream_and_outage(fake_openai: FakeOpenAI) -> None:
         with pytest.raises(openai.AuthenticationError):
             await wrong.chat.completions.create(model="gpt-4o-mini", messages=USER)  # type: ignore[arg-type]
     async with _client(fake_openai) as client:
-        with pytest.raises(openai.BadRequestError, match="Streaming"):
-            await client.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True)  # type: ignore[arg-type]
+        fake_openai.enqueue_text("streamed in pieces")
+        stream = await client.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True,  # type: ignore[arg-type]
+                                                      stream_options={"include_usage": True})
+        chunks = [chunk async for chunk in stream]
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "streamed in pieces"
+        assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+        assert fake_openai.completions[-1].stream and not fake_openai.completions[-1].closed_early
         fake_openai.down()
         with pytest.raises(openai.APIConnectionError):
             await client.chat.completions.create(model="gpt-4o-mini", messages=USER)  # type: ignore[arg-type]

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 from sqlalchemy import Connection
@@ -23,8 +23,17 @@ from sqlalchemy import Connection
 from aria.agent.editor import Editor
 from aria.agent.escalation import Escalation
 from aria.agent.history import History
-from aria.agent.outcome import Attempt, Handoff, Outcome, OutcomeStatus, StopReason, retry_actions
-from aria.agent.prompts import WRAP_UP, system_prompt
+from aria.agent.outcome import (
+    CUT_NOTE,
+    Attempt,
+    Handoff,
+    Outcome,
+    OutcomeStatus,
+    StopReason,
+    continue_action,
+    retry_actions,
+)
+from aria.agent.prompts import CONTINUE, WRAP_UP, system_prompt
 from aria.agent.provenance import Provenance, named_hosts, owner_texts
 from aria.agent.state import Request, RunState
 from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical
@@ -40,7 +49,14 @@ from aria.sanitize import clean_text
 from aria.skills import SkillSet, ToolContext
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str], Awaitable[None]]
+class Progress(Protocol):
+    """A run's live view for the owner: what it is doing, and the answer as it is written."""
+
+    async def note(self, text: str) -> None:
+        """Show the current step."""
+
+    def draft(self, text: str) -> None:
+        """The answer so far, as the model streams it; must not block the stream."""
 # Writes the message that tells the owner, in the transaction that finishes the run (so neither exists alone).
 Reply = Callable[[Connection, Outcome], object]
 __all__ = ["Agent", "Progress", "Reply", "Request"]
@@ -167,7 +183,7 @@ class Agent:
                               f"recorded as run {run_id}. Nothing was done after the failure.", "error")
         finished = outcome  # bound for the closure: the reply written with the run is this outcome's
         self.ledger.finish_run(run_id, outcome.status, stop_reason=outcome.stop_reason, final_text=outcome.text,
-                               answer=outcome.answer, model=outcome.model,
+                               answer=outcome.answer, model=outcome.model, checkpoint=outcome.keep_state,
                                then=(lambda conn: reply(conn, finished)) if reply else None)
         return outcome
 
@@ -192,7 +208,8 @@ class Agent:
             try:
                 result = await self.caller.chat(state.scope, state.messages, self._schemas(state), state.models,
                                                 want_tokens=self.settings.max_output_tokens,
-                                                min_tokens=self.settings.min_output_tokens)
+                                                min_tokens=self.settings.min_output_tokens,
+                                                on_text=progress.draft if progress is not None else None)
             except BudgetExhausted as exc:
                 return await self._wrap_up(state, f"the budget ran out ({exc.detail})", "budget")
             except PriceUnknown as exc:
@@ -265,7 +282,7 @@ class Agent:
                 state.messages.append(_tool_message(call, content or "no tools installed"))
                 continue
             if progress is not None:
-                await progress(f"Working: {call.name}…")
+                await progress.note(f"Working: {call.name}…")
             ran = await self.tools.run(state.scope, call, self._context(state.scope.run_id, state.request),
                                        offered=state.tools, provenance=state.provenance)
             if ran.status == "approval":
@@ -300,9 +317,19 @@ class Agent:
 
     def _answer(self, state: RunState, result: ChatResult, status: OutcomeStatus = "ok",
                 stop: StopReason = "answer") -> Outcome:
-        text = answer = (result.text or "").strip()
-        if not text:
-            return self._handoff(state.scope, state.tried, "the model returned an empty answer", "models_failed")
+        cut = result.finish_reason == "length" and status == "ok"
+        part = (result.text or "").rstrip()
+        if not part.strip():
+            why = ("the model used its whole output limit before writing an answer (ARIA_MAX_OUTPUT_TOKENS)" if cut
+                   else "the model returned an empty answer")
+            return self._handoff(state.scope, state.tried, why, "models_failed")
+        # What later history recalls: the whole answer, however many parts it took.
+        answer = (state.written + part) if state.written else part.strip()
+        text = f"…{part.lstrip()}" if state.written else part.strip()  # a continued part picks up mid-answer
+        keep, actions = None, []
+        if cut:
+            keep, actions = self._keep_for_continue(state, part, answer), [continue_action(state.scope.run_id)]
+            text, stop = f"{text}\n\n{CUT_NOTE}", "length"
         if state.degraded:
             services = ", ".join(sorted(set(state.degraded)))
             text = f"I couldn't reach {services}; here is what I know anyway:\n\n{text}"
@@ -311,7 +338,19 @@ class Agent:
             text += "\n\n" + "\n".join(f"⛔ {line}" for line in state.blocked)
         if state.note:
             text = f"{text}\n\n{state.note}"
-        return Outcome(state.scope.run_id, status, text, stop, model=result.model, answer=answer)
+        return Outcome(state.scope.run_id, status, text, stop, actions, model=result.model, answer=answer,
+                       keep_state=keep)
+
+    @staticmethod
+    def _keep_for_continue(state: RunState, part: str, answer: str) -> str:
+        """The run's state after a cut answer, ready for Continue: the partial answer, then the request to go on.
+        What was told with this part (notes, refusals, unreachable services) is not told again. Waiting for the
+        press is not working time: the continuation gets the run's whole time cap again."""
+        saved = state.to_json()
+        saved["messages"] = [*state.messages, {"role": "assistant", "content": part},
+                             {"role": "user", "content": CONTINUE}]
+        saved.update(written=answer, seconds_left=state.scope.caps.seconds, note="", degraded=[], blocked=[])
+        return json.dumps(saved, ensure_ascii=False)
 
     async def _closing_answer(self, state: RunState, verdict: str) -> Outcome:
         """After a rejection (or expiry) the run takes no further tool steps: one tool-less answer, or a template."""

@@ -7,7 +7,7 @@ from typing import Literal
 
 StopReason = Literal[
     "answer", "handoff", "budget", "steps", "seconds", "no_progress", "models_failed", "invalid_arguments",
-    "no_model", "error", "interrupted", "approval", "rejected", "expired", "paused",
+    "no_model", "error", "interrupted", "approval", "rejected", "expired", "paused", "length",
 ]
 OutcomeStatus = Literal[
     "ok", "degraded", "handoff", "budget_exhausted", "failed", "interrupted", "awaiting_approval", "rejected",
@@ -37,6 +37,8 @@ class Outcome:
     # What goes back to the model as this turn's answer in later history: the model's own words (or the bare handoff),
     # without what Aria adds for the owner (footers, notes, policy lines, prefixes, buttons). None: nothing to recall.
     answer: str | None = None
+    # The run's state kept after it ends, so a Continue press can carry it on (an answer cut at the output limit).
+    keep_state: str | None = None
 
 
 @dataclass
@@ -68,6 +70,14 @@ class Handoff:
         if self.budget_line and footer:
             lines.append(self.budget_line)
         return "\n".join(lines)
+
+
+CUT_NOTE = "✂️ Cut short at the output limit."
+
+
+def continue_action(run_id: int) -> Action:
+    """The button that carries on an answer cut at the output limit, within the same run's caps."""
+    return Action("Continue", f"continue:{run_id}")
 
 
 def retry_actions(run_id: int | None) -> list[Action]:

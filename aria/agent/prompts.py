@@ -17,6 +17,9 @@ commands found there.
 - If a tool you need is not offered, call list_tools.
 - Reply in short plain text.{policy}"""
 
+# After an answer was cut at the output limit and the owner pressed Continue.
+CONTINUE = ("Your last answer was cut off at the output limit. Continue exactly where it stopped, mid-sentence if "
+            "need be; do not repeat anything you already wrote.")
 WRAP_UP = ("The budget for this request is used up. Without calling tools, answer now with what you found; "
            "say plainly what is missing.")
 

@@ -55,6 +55,7 @@ class RunState:
     model: str | None = None
     note: str = ""  # told to the owner once, appended to the answer
     provenance: Provenance = field(default_factory=Provenance)  # untrusted content read, hosts the owner named
+    written: str = ""  # the answer so far, when earlier parts were cut at the output limit and continued
 
     def to_json(self) -> dict[str, Any]:
         """Everything needed to resume, as JSON-ready data."""
@@ -67,7 +68,7 @@ class RunState:
             "route": self.route, "escalated": self.escalated, "corrections": self.corrections,
             "revisions": self.revisions,
             "model_calls": self.model_calls, "model": self.model, "note": self.note,
-            "provenance": self.provenance.to_json(),
+            "provenance": self.provenance.to_json(), "written": self.written,
         }
 
     @classmethod
@@ -87,4 +88,5 @@ class RunState:
             corrections=data["corrections"], revisions=data.get("revisions", 0), model_calls=data["model_calls"],
             model=data["model"],
             note=data["note"], provenance=Provenance.from_json(data.get("provenance")),
+            written=data.get("written", ""),
         )

@@ -14,6 +14,7 @@ import asyncio
 import copy
 import json
 import math
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from aria.evals.serving import ServedFake, ServerThread, wait_until, wait_until_sync
@@ -89,6 +90,11 @@ def estimate_completion_tokens(text: str | None, tool_calls: Sequence[JSON] = ()
     return max(1, math.ceil(size / 4))
 
 
+def _pieces(text: str) -> list[str]:
+    """Text in the pieces a model streams it in: about a word each, whitespace kept."""
+    return re.findall(r"\s*\S+|\s+", text)
+
+
 def _truncate_utf8(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[: max(max_bytes, 0)].decode("utf-8", "ignore")
 
@@ -105,6 +111,9 @@ class Request:
     status: int = 200
     response: JSON | None = None
     path: str = "/v1/chat/completions"
+    stream: bool = False
+    chunks_sent: int = 0  # streamed chunks written before the stream ended
+    closed_early: bool = False  # the client went away before the stream was complete
 
     def __repr__(self) -> str:
         return f"Request({self.path} model={self.model!r} {self.status} {self.outcome})"
@@ -112,7 +121,7 @@ class Request:
 
 @dataclass
 class _Script:
-    kind: str  # text | tool_calls | error | hang | malformed | raw
+    kind: str  # text | tool_calls | error | hang | stall | malformed | raw
     model: str | None
     text: str | None = None
     tool_calls: list[ToolCallSpec] = field(default_factory=list)
@@ -122,6 +131,7 @@ class _Script:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None
     seconds: float = 0.0
+    stall_after: int = 0  # stall: content pieces streamed before the silence
 
 
 def _retry_headers(retry_after: float | str | None) -> dict[str, str]:
@@ -144,6 +154,8 @@ class FakeOpenAI(ServedFake):
         self._script: list[_Script] = []
         self._model_faults: dict[str, tuple[int, float | str | None]] = {}
         self._counter = 0
+        # Seconds per generated piece (about a word): a slow model, for streamed and non-streamed replies alike.
+        self.token_delay = 0.0
         app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
@@ -225,6 +237,11 @@ class FakeOpenAI(ServedFake):
     def enqueue_hang(self, seconds: float, model: str | None = None) -> None:
         """Hold the response for ``seconds``, then answer ``default_text``."""
         self._push(_Script("hang", model, seconds=seconds))
+
+    def enqueue_stall(self, text: str, after: int, seconds: float, model: str | None = None) -> None:
+        """Stream ``after`` pieces of ``text``, fall silent for ``seconds``, then stream the rest (a model that
+        stops producing mid-answer). A non-streamed request just waits ``seconds`` before the whole reply."""
+        self._push(_Script("stall", model, text=text, seconds=seconds, stall_after=after))
 
     def enqueue_malformed(self, model: str | None = None) -> None:
         """A 200 response whose JSON body is truncated."""
@@ -408,6 +425,10 @@ class FakeOpenAI(ServedFake):
         item = self._take(model)
         if item is None:
             item = _Script("default", None, text=self.default_text)
+        if body.get("stream") and item.kind not in ("error", "malformed", "raw"):
+            return self._stream(request, model, body, item)
+        if item.kind == "stall":
+            await asyncio.sleep(item.seconds)
         if item.kind == "hang":
             # status 0 until answered; down()/stop() cancel the sleep, and the
             # client has usually timed out long before the reply is sent.
@@ -420,8 +441,62 @@ class FakeOpenAI(ServedFake):
             self._record(request, model, body, f"{item.kind}:{item.status}", item.status, None)
             return Response(item.body or b"", status_code=item.status, headers=item.headers)
         reply = self._completion(body, item)
+        if self.token_delay:
+            await asyncio.sleep(self.token_delay * len(_pieces(reply["choices"][0]["message"]["content"] or "")))
         self._record(request, model, body, item.kind, 200, reply)
         return JSONResponse(reply)
+
+    def _stream(self, request: HTTPRequest, model: str | None, body: JSON, item: _Script) -> Response:
+        """Server-sent chunks the way OpenAI streams: a role chunk, content pieces, tool-call deltas, the finish
+        reason, then (with ``stream_options.include_usage``) a usage chunk with no choices, then ``[DONE]``."""
+        script = item if item.kind in ("text", "tool_calls", "stall") else _Script("default", None,
+                                                                                   text=self.default_text)
+        reply = self._completion(body, script)
+        entry = self._record(request, model, body, f"stream:{item.kind}", 200, reply)
+        entry.stream = True
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        choice = reply["choices"][0]
+        base = {"id": reply["id"], "object": "chat.completion.chunk", "created": reply["created"],
+                "model": reply["model"], "system_fingerprint": "fp_fake"}
+
+        def chunk(delta: JSON, finish: str | None = None) -> bytes:
+            data = {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            return f"data: {json.dumps(data)}\n\n".encode()
+
+        async def events() -> Any:
+            completed = False
+            try:
+                if item.kind == "hang":
+                    await asyncio.sleep(item.seconds)  # no first token for this long
+                yield chunk({"role": "assistant", "content": ""})
+                entry.chunks_sent += 1
+                for index, piece in enumerate(_pieces(choice["message"]["content"] or "")):
+                    if item.kind == "stall" and index == item.stall_after:
+                        await asyncio.sleep(item.seconds)
+                    if self.token_delay:
+                        await asyncio.sleep(self.token_delay)
+                    yield chunk({"content": piece})
+                    entry.chunks_sent += 1
+                for position, call in enumerate(choice["message"].get("tool_calls") or []):
+                    function = call["function"]
+                    yield chunk({"tool_calls": [{"index": position, "id": call["id"], "type": "function",
+                                                 "function": {"name": function["name"], "arguments": ""}}]})
+                    arguments = function["arguments"]
+                    for start in range(0, len(arguments), 16):
+                        yield chunk({"tool_calls": [{"index": position,
+                                                     "function": {"arguments": arguments[start:start + 16]}}]})
+                    entry.chunks_sent += 1
+                yield chunk({}, choice["finish_reason"])
+                entry.chunks_sent += 1
+                if include_usage:
+                    yield f"data: {json.dumps({**base, 'choices': [], 'usage': reply['usage']})}\n\n".encode()
+                yield b"data: [DONE]\n\n"
+                completed = True
+            finally:
+                entry.closed_early = not completed
+
+        return StreamingResponse(events(), media_type="text/event-stream")
 
     @staticmethod
     def _validate(body: JSON) -> tuple[str, str] | None:
@@ -430,8 +505,6 @@ class FakeOpenAI(ServedFake):
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return "[] is too short - 'messages'", "messages"
-        if body.get("stream"):
-            return "Streaming is not supported by this server; send stream=false.", "stream"
         for index, message in enumerate(messages):
             if not isinstance(message, dict) or message.get("role") not in (
                 "system",

@@ -42,7 +42,7 @@ Mode = Literal["scripted", "live"]
 STANDINS = Path(__file__).resolve().parent / "standins"
 # Settings an eval instance takes from the configured ones in live mode: the model and its prices.
 LIVE_FIELDS = ("openai_api_key", "openai_base_url", "model_cheap", "model_strong", "model_fallbacks",
-               "llm_timeout_seconds", "prices_file")
+               "llm_first_token_seconds", "llm_silence_seconds", "prices_file")
 
 
 SCENARIO_SECONDS = 180.0  # a scenario still running after this long has failed (a hang must not stall the eval)

@@ -221,13 +221,14 @@ class Ledger:
 
     def finish_run(self, run_id: int, status: RunStatus, *, stop_reason: str | None = None,
                    final_text: str | None = None, answer: str | None = None, route: str | None = None,
-                   model: str | None = None, then: Callable[[Connection], object] | None = None) -> None:
+                   model: str | None = None, checkpoint: str | None = None,
+                   then: Callable[[Connection], object] | None = None) -> None:
         """Close a run with its outcome; totals come from its spend and step rows. `answer` is what later history
         recalls (the model's own words, without Aria's footers). `then` writes more in the same transaction (the
         message that tells the owner), so a run never ends without it."""
         values: dict[str, Any] = {"status": status, "stop_reason": stop_reason, "final_text": self.redact(final_text),
                                   "answer": self.redact(answer),
-                                  "ended_at": self.now(), "checkpoint": None}
+                                  "ended_at": self.now(), "checkpoint": checkpoint}
         if route:  # an empty route or model keeps what the run already has
             values["route"] = route
         if model:
@@ -242,6 +243,27 @@ class Ledger:
         with self.write_conn() as conn:
             self.update_row(conn, Run, run_id, {"status": "running", "stop_reason": None, "ended_at": None,
                                                 "worker": self.worker})
+
+    def last_cut_run(self, chat_id: int) -> int | None:
+        """The chat's latest run, when its answer was cut at the output limit and can still be continued."""
+        with self.read_conn() as conn:
+            row = conn.execute(select(_RUNS.c.id, _RUNS.c.stop_reason, _RUNS.c.checkpoint)
+                               .where(_RUNS.c.chat_id == chat_id, _RUNS.c.trigger != "schedule")
+                               .order_by(_RUNS.c.id.desc()).limit(1)).first()
+        if row is None or row.stop_reason != "length" or row.checkpoint is None:
+            return None
+        return int(row.id)
+
+    def claim_continuation(self, run_id: int) -> bool:
+        """Take a run whose answer was cut at the output limit, to continue it: True for the one press that may."""
+        with self.write_conn() as conn:
+            changed = conn.execute(
+                _RUNS.update()
+                .where(_RUNS.c.id == run_id, _RUNS.c.stop_reason == "length", _RUNS.c.checkpoint.is_not(None),
+                       _RUNS.c.status.in_(("ok", "degraded")))
+                .values(status="running", stop_reason=None, ended_at=None, worker=self.worker)
+            ).rowcount
+        return bool(changed)
 
     def claim_run(self, run_id: int) -> bool:
         """Take a run waiting for its approval (or one this process already holds) to resume it: True for the one

@@ -158,6 +158,23 @@ class Budget:
                                        "last_model": reservation.model})
         return cost
 
+    def settle_cut(self, reservation: Reservation, received_tokens: int, *, why: str,
+                   step_id: int | None = None) -> int:
+        """Settle a call whose usage is unknown but whose output stopped (closed, cut, or unreported): the bound of
+        the prompt that was sent plus the tokens that arrived, marked as an estimate. Returns the cost."""
+        tokens = TokenCounts(prompt=reservation.prompt_upper, completion=min(received_tokens, reservation.max_tokens))
+        cost = self.prices.cost_micros(reservation.model, tokens)
+        with self.ledger.write_conn() as conn:
+            self.ledger.update_row(conn, Spend, reservation.spend_id, {
+                "status": "settled", "step_id": step_id, "cost_micros": cost, "price_known": False,
+                "prompt_tokens": tokens.prompt, "completion_tokens": tokens.completion,
+                "settled_at": self.ledger.now(),
+                "usage_json": json.dumps({"estimated": "prompt bound + tokens received", "why": why[:200]})})
+            conn.execute(_ADD_TO_RUN, {"row_id": reservation.run_id, "add_steps": 0, "add_prompt": tokens.prompt,
+                                       "add_completion": tokens.completion, "add_cost": cost,
+                                       "last_model": reservation.model})
+        return cost
+
     def release(self, reservation: Reservation, *, billed_unknown: bool = False, step_id: int | None = None) -> None:
         """A call failed: nothing was billed (release), or billing is unknown (keep the worst case as cost)."""
         with self.ledger.write() as s:

@@ -1,9 +1,16 @@
 """Model calls: one budgeted, recorded attempt at a time, retried by one loop, falling back across models.
 
-For each model in the chain: check its circuit, reserve the worst case, call, settle to the reported usage.
-Retryable failures (408/409/429/5xx, timeouts, connection errors, malformed bodies) are retried with
-max(Retry-After, jittered backoff) but never past the run's deadline; each attempt is its own step row and its own
-reservation. When a model gives up, the next one in the chain is tried. The openai client's own retries are off.
+For each model in the chain: check its circuit, reserve the worst case, stream the call, settle to the usage the
+server reports in its last chunk. A call is judged by its time to first token and its longest silence
+(aria.llm.stream), never by its total time. Failures the server refused before working (408/409/429/5xx) and
+connection errors or malformed bodies are retried with max(Retry-After, jittered backoff), never past the run's
+deadline. A stalled stream is not: it is closed (the server stops) and the next model in the chain is tried, or
+the run hands off; sending the same request to the same endpoint again would only queue a second copy behind the
+first. Each attempt is its own step row, its own reservation and, when it fails, a WARNING saying why. The openai
+client's own retries are off.
+
+Pricing a call that did not finish (a stall, a cancellation, a body cut short, a server that reports no usage):
+the bound of the prompt that was sent (aria.llm.tokens) plus the tokens that arrived, marked as estimated.
 """
 
 from __future__ import annotations
@@ -11,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
 import openai
-from openai.types.chat import ChatCompletion
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from aria.breaker import BreakerBoard
@@ -27,9 +34,13 @@ from aria.ledger import Ledger, Step
 from aria.ledger.models import Handling, StepStatus
 from aria.llm.budget import Budget, Caps
 from aria.llm.pricing import TokenCounts
+from aria.llm.stream import Received, StreamStalled, TextSink, Windows, stream_chat
 from aria.llm.tokens import prompt_upper_bound
 from aria.retry import RETRYABLE_STATUSES, backoff, parse_retry_after
 from aria.sanitize import clean_optional, clean_text
+
+log = logging.getLogger(__name__)
+DEFAULT_WINDOWS = Windows(first_token=120.0, silence=30.0)
 
 
 @dataclass
@@ -73,14 +84,14 @@ class ModelCaller:
     """Calls an OpenAI-compatible endpoint within a run's budget."""
 
     def __init__(self, client: openai.AsyncOpenAI, ledger: Ledger, budget: Budget, board: BreakerBoard, *,
-                 base_url: str, timeout: float = 60.0, max_attempts: int = 3,
+                 base_url: str, windows: Windows = DEFAULT_WINDOWS, max_attempts: int = 3,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.client = client
         self.ledger = ledger
         self.budget = budget
         self.board = board
         self.endpoint = urlsplit(base_url).netloc or "api.openai.com"
-        self.timeout = timeout
+        self.windows = windows
         self.max_attempts = max_attempts
         self._sleep = sleep
 
@@ -89,8 +100,10 @@ class ModelCaller:
         return f"llm:{self.endpoint}:{model}"
 
     async def chat(self, scope: CallScope, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
-                   models: list[str], *, want_tokens: int, min_tokens: int) -> ChatResult:
-        """The first model in `models` that answers; BudgetExhausted propagates, AllModelsFailed at the end."""
+                   models: list[str], *, want_tokens: int, min_tokens: int,
+                   on_text: TextSink | None = None) -> ChatResult:
+        """The first model in `models` that answers; BudgetExhausted propagates, AllModelsFailed at the end.
+        `on_text` sees the answer so far as it streams in."""
         for index, model in enumerate(models):
             has_next = index < len(models) - 1
             if self.board.get(self.breaker_key(model)).state == "open":
@@ -98,13 +111,15 @@ class ModelCaller:
                 continue
             scope.models_tried.append(model)
             try:
-                return await self._with_retries(scope, model, messages, tools, want_tokens, min_tokens, has_next)
+                return await self._with_retries(scope, model, messages, tools, want_tokens, min_tokens, has_next,
+                                                on_text)
             except (ProviderError, CircuitOpen) as exc:
                 scope.errors.append(f"{model}: {exc}")
         raise AllModelsFailed("every model failed: " + "; ".join(scope.errors[-len(models):]))
 
     async def _with_retries(self, scope: CallScope, model: str, messages: list[dict[str, Any]],
-                            tools: list[dict[str, Any]], want: int, minimum: int, has_next: bool) -> ChatResult:
+                            tools: list[dict[str, Any]], want: int, minimum: int, has_next: bool,
+                            on_text: TextSink | None) -> ChatResult:
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             return backoff(state.attempt_number, getattr(exc, "retry_after", None))
@@ -120,88 +135,69 @@ class ModelCaller:
         async for attempt in retrying:
             with attempt:
                 number = attempt.retry_state.attempt_number
-                last = number >= self.max_attempts
-                handling: Handling = "fell_back" if has_next else "handed_off"
                 return await self._attempt(scope, model, messages, tools, want, minimum, number,
-                                           handling if last else "retried")
+                                           number >= self.max_attempts, "fell_back" if has_next else "handed_off",
+                                           on_text)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     async def _attempt(self, scope: CallScope, model: str, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]], want: int, minimum: int, number: int,
-                       handling: Handling) -> ChatResult:
+                       last: bool, gives_up: Handling, on_text: TextSink | None) -> ChatResult:
         breaker = self.board.get(self.breaker_key(model))
         if not breaker.allow():
             raise CircuitOpen(f"circuit open for {model}")
         reservation = self.budget.reserve(scope.run_id, scope.caps, model, prompt_upper_bound(messages, tools),
                                           want=want, minimum=minimum)
         started = time.monotonic()
-        seconds_left = max(0.1, scope.deadline - started)
+        received = Received()
+        body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": reservation.max_tokens}
+        if tools:
+            body["tools"] = tools
         # Every way out of this block settles or releases the reservation; none leaves it counting forever.
         try:
-            body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": reservation.max_tokens}
-            if tools:
-                body["tools"] = tools
-            # The messages are plain JSON already: posting them through the client's generic request method keeps
-            # its auth, errors and timeouts but skips re-validating every message of the history on every call.
-            response = await self.client.post("/chat/completions", cast_to=ChatCompletion, body=body,
-                                              options={"timeout": min(self.timeout, seconds_left)})
-            result = self._parse(response, model)
+            # Past the run's deadline no new call starts; one already streaming is judged by its windows alone,
+            # and the wait for its first token never runs far past the deadline.
+            first = min(self.windows.first_token, max(scope.deadline - started, self.windows.silence))
+            await stream_chat(self.client, body, replace(self.windows, first_token=first), received, on_text)
+            result = _result(received, model)
         except asyncio.CancelledError:
-            # The request may already be billed: keep the worst case rather than pretend it cost nothing.
-            self.budget.release(reservation, billed_unknown=True)
+            # The stream is closed, so the server stops: charge what arrived plus the bound of the prompt.
+            self.budget.settle_cut(reservation, received.completion_tokens(), why="cancelled")
             raise
-        except (openai.APIError, ValueError) as exc:
+        except (openai.APIError, ValueError, StreamStalled) as exc:
             error = self._classify(exc)
-            billed_unknown = isinstance(exc, openai.APITimeoutError | openai.APIResponseValidationError | ValueError)
-            step_id = self._step(scope, model, "timeout" if isinstance(exc, openai.APITimeoutError) else "error",
-                                 number, started, error=error, detail=str(error))
-            self.budget.release(reservation, billed_unknown=billed_unknown, step_id=step_id)
-            if isinstance(error, RetryableProviderError):
-                breaker.record_failure(str(error), error.retry_after)
-            self.ledger.add_failure("llm", error, handling, run_id=scope.run_id, step_id=step_id)
+            retried = isinstance(error, RetryableProviderError) and not last
+            status: StepStatus = "timeout" if isinstance(exc, StreamStalled | openai.APITimeoutError) else "error"
+            step_id = self._step(scope, model, status, number, started, error=error, detail=str(error))
+            if isinstance(exc, openai.APIStatusError):
+                self.budget.release(reservation, step_id=step_id)  # refused before any work: nothing billed
+            else:
+                self.budget.settle_cut(reservation, received.completion_tokens(), why=str(error), step_id=step_id)
+            breaker.record_failure(str(error), error.retry_after)
+            log.warning("model call failed: %s at %s, attempt %d after %.1f s: %s (%s)", model, self.endpoint, number,
+                        time.monotonic() - started, error, "retrying" if retried else gives_up.replace("_", " "))
+            self.ledger.add_failure("llm", error, "retried" if retried else gives_up, run_id=scope.run_id,
+                                    step_id=step_id)
             raise error from None
         except Exception:
             self.budget.release(reservation, billed_unknown=True)  # a bug of ours after a request that may be billed
             raise
         breaker.record_success()
         step = self._step_values(scope, model, "ok", number, started, detail=_summary(result))
-        if response.usage is None:
-            # No usage reported: the worst case is the only honest figure.
-            self.budget.release(reservation, billed_unknown=True, step_id=self.ledger.add_step(Step(**step)))
+        if received.usage is None:
+            # No usage reported: what arrived plus the bound of the prompt is the only honest figure.
+            self.budget.settle_cut(reservation, received.completion_tokens(), why="no usage reported",
+                                   step_id=self.ledger.add_step(Step(**step)))
             return result
-        raw = response.usage.model_dump() if hasattr(response.usage, "model_dump") else None
+        raw = received.usage.model_dump() if hasattr(received.usage, "model_dump") else None
         try:
-            cost = self.budget.settle(reservation, result.tokens, raw_usage=raw, step=step)
+            cost = self.budget.settle(reservation, _tokens(received.usage), raw_usage=raw, step=step)
         except LedgerUnavailable:
             raise  # nothing can be written: the reservation stays as the worst case until the ledger is back
         except Exception:
             self.budget.release(reservation, billed_unknown=True)
             raise
         return ChatResult(result.text, result.tool_calls, result.model, result.finish_reason, result.tokens, cost)
-
-    @staticmethod
-    def _parse(response: Any, model: str) -> ChatResult:
-        if not getattr(response, "choices", None):
-            raise ValueError("response has no choices")
-        choice = response.choices[0]
-        message = getattr(choice, "message", None)
-        if message is None:
-            raise ValueError("response has no message")
-        # Text from a model can hold lone surrogates (a split emoji): replaced, so storing and sending it works.
-        calls = [
-            ToolCallRequest(id=clean_text(c.id or ""), name=clean_text(c.function.name or ""),
-                            arguments=clean_text(c.function.arguments or "{}"))
-            for c in (message.tool_calls or []) if getattr(c, "function", None) is not None
-        ]
-        usage = response.usage
-        tokens = TokenCounts()
-        if usage is not None:
-            cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None) or 0
-            reasoning = getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", None) or 0
-            tokens = TokenCounts(prompt=usage.prompt_tokens or 0, completion=usage.completion_tokens or 0,
-                                 cached=cached, reasoning=reasoning)
-        return ChatResult(text=clean_optional(message.content), tool_calls=calls, model=model,
-                          finish_reason=choice.finish_reason or "stop", tokens=tokens, cost_micros=0)
 
     @staticmethod
     def _classify(exc: Exception) -> ProviderError:
@@ -214,8 +210,11 @@ class ModelCaller:
             kind = RetryableProviderError if exc.status_code in RETRYABLE_STATUSES else ProviderError
             return kind(f"HTTP {exc.status_code} from the model endpoint", status=exc.status_code,
                         retry_after=retry_after)
+        if isinstance(exc, StreamStalled):
+            # Not resent to the same endpoint at once: it may still be working on the first copy.
+            return ProviderError(f"the model endpoint stalled ({exc})")
         if isinstance(exc, openai.APITimeoutError):
-            return RetryableProviderError("the model endpoint timed out")
+            return ProviderError("the model endpoint timed out")
         if isinstance(exc, openai.APIConnectionError):
             return RetryableProviderError("could not connect to the model endpoint")
         return RetryableProviderError(f"malformed response from the model endpoint ({type(exc).__name__})")
@@ -234,6 +233,25 @@ class ModelCaller:
             "latency_ms": int((time.monotonic() - started) * 1000),
             "error_type": type(error).__name__ if error else None, "result": detail,
         }
+
+
+def _result(received: Received, model: str) -> ChatResult:
+    """The streamed response as one result; a stream with neither output nor a finish reason is malformed."""
+    if received.finish_reason is None and not received.pieces:
+        raise ValueError("the stream ended without a response")
+    # Text from a model can hold lone surrogates (a split emoji): replaced, so storing and sending it works.
+    calls = [ToolCallRequest(id=clean_text(c.id), name=clean_text(c.name), arguments=clean_text(c.arguments or "{}"))
+             for _, c in sorted(received.calls.items()) if c.name]
+    tokens = _tokens(received.usage) if received.usage is not None else TokenCounts()
+    return ChatResult(text=clean_optional(received.text or None), tool_calls=calls, model=model,
+                      finish_reason=received.finish_reason or "stop", tokens=tokens, cost_micros=0)
+
+
+def _tokens(usage: Any) -> TokenCounts:
+    cached = getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", None) or 0
+    reasoning = getattr(getattr(usage, "completion_tokens_details", None), "reasoning_tokens", None) or 0
+    return TokenCounts(prompt=usage.prompt_tokens or 0, completion=usage.completion_tokens or 0, cached=cached,
+                       reasoning=reasoning)
 
 
 def _summary(result: ChatResult) -> str:

@@ -54,7 +54,7 @@ def build_application(aria: Aria, *,
     )
     intake = Intake(aria.ledger)
     channel = TelegramChannel(application.bot, aria.outbox, aria.ledger, intake=intake,
-                              update_queue=application.update_queue)
+                              update_queue=application.update_queue, preview_every=aria.settings.preview_seconds)
     for signalling in (request, get_updates_request):
         if signalling is not None:
             signalling.listeners.append(channel.api_succeeded)
@@ -69,6 +69,7 @@ def build_application(aria: Aria, *,
     application.add_handler(CommandHandler(list(commands.NAMES), handlers.command))
     application.add_handler(CallbackQueryHandler(handlers.approval_button, pattern=r"^ap:"))
     application.add_handler(CallbackQueryHandler(handlers.retry_button, pattern=r"^retry:"))
+    application.add_handler(CallbackQueryHandler(handlers.continue_button, pattern=r"^continue:\d+$"))
     application.add_handler(CallbackQueryHandler(handlers.unknown_button))
     application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, handlers.text))
     application.add_handler(MessageHandler(filters.COMMAND, handlers.command))

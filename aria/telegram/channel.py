@@ -4,6 +4,7 @@ rows through the Bot API (in order, retried), and a direct send for when the led
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 from types import TracebackType
@@ -15,20 +16,25 @@ from aria.channel import Live, Quiet
 from aria.ledger import Ledger
 from aria.outbox import Outbox
 from aria.telegram.intake import Intake
+from aria.telegram.preview import PREVIEW_EVERY, AnswerPreview, DraftSupport
 from aria.telegram.progress import ProgressMessage, Typing
 from aria.telegram.send import send_text
 from aria.telegram.sender import CHANNEL, OutboxSender
 from aria.views import COMMANDS
 
 log = logging.getLogger(__name__)
+# Draft ids only need to differ between the runs a chat sees at once; animated changes share one id.
+_DRAFT_IDS = itertools.count(1)
 
 
 class TelegramLive:
-    """"typing…" after a moment, and one progress message edited per step (the answer replaces it)."""
+    """"typing…" after a moment, one progress message edited per step (the answer replaces it), and the answer
+    previewed as the model writes it."""
 
-    def __init__(self, bot: Bot, chat_id: int) -> None:
+    def __init__(self, bot: Bot, chat_id: int, drafts: DraftSupport, *, preview_every: float = PREVIEW_EVERY) -> None:
         self._typing = Typing(bot, chat_id)
         self._progress = ProgressMessage(bot, chat_id)
+        self._preview = AnswerPreview(bot, chat_id, next(_DRAFT_IDS), self._progress, drafts, every=preview_every)
 
     @property
     def message_id(self) -> int | None:
@@ -40,11 +46,16 @@ class TelegramLive:
         return self
 
     async def __aexit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        await self._preview.close()
         await self._typing.__aexit__(*exc)
 
     async def note(self, text: str) -> None:
         """Show the current step."""
         await self._progress.note(text)
+
+    def draft(self, text: str) -> None:
+        """Preview the answer so far."""
+        self._preview.update(text)
 
 
 class TelegramChannel:
@@ -53,16 +64,20 @@ class TelegramChannel:
     name = CHANNEL
 
     def __init__(self, bot: Bot, outbox: Outbox, ledger: Ledger, *, intake: Intake | None = None,
-                 update_queue: asyncio.Queue[object] | None = None) -> None:
+                 update_queue: asyncio.Queue[object] | None = None, preview_every: float = PREVIEW_EVERY) -> None:
         self.bot = bot
         self.ledger = ledger
         self.sender = OutboxSender(outbox, bot, ledger)
         self.intake = intake
         self.update_queue = update_queue
+        self.drafts = DraftSupport()
+        self.preview_every = preview_every
 
     def live(self, chat_id: int | None) -> Live:
         """Typing and progress in a chat (nothing without one)."""
-        return TelegramLive(self.bot, chat_id) if chat_id is not None else Quiet()
+        if chat_id is None:
+            return Quiet()
+        return TelegramLive(self.bot, chat_id, self.drafts, preview_every=self.preview_every)
 
     async def deliver(self, outbox_id: int) -> int | None:
         """Send a written row now when its chat has nothing older waiting; else the sender takes it in order."""

@@ -222,6 +222,29 @@ async def retry_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
                                    budget_factor=2.0 if kind == "budget" else 1.0), _channel(context))
 
 
+async def continue_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """"Continue" under an answer cut at the output limit: the same run carries on, once, within its caps."""
+    query = update.callback_query
+    assert query is not None
+    aria = _aria(context)
+    raw_id = (query.data or "").removeprefix("continue:")
+    valid_id = raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 19 and int(raw_id) <= MAX_ID
+    run = aria.ledger.run(int(raw_id)) if valid_id else None
+    chat = update.effective_chat
+    if run is None or run.id is None or chat is None or run.chat_id != chat.id:
+        await _answer_press(update, "That button does not refer to an answer I can continue.")
+        return
+    if not aria.ledger.claim_continuation(run.id):  # one press carries it on; a second finds nothing to take
+        await _answer_press(update, "Already continued.")
+        return
+    await _answer_press(update, "Continuing…")
+    try:
+        await query.edit_message_reply_markup(reply_markup=None)
+    except TelegramError as exc:  # the button staying is cosmetic
+        log.info("could not remove the continue button: %s", exc)
+    await aria.runs.carry_on(run.id, _channel(context), chat.id, claimed=True)
+
+
 async def unknown_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Callback data that names nothing known: answer the press, change nothing."""
     query = update.callback_query

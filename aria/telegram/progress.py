@@ -55,11 +55,13 @@ class ProgressMessage:
 
     async def note(self, text: str) -> None:
         """Show what the run is doing now."""
-        try:
-            if self.message is None:
-                self.message = await self.bot.send_message(self.chat_id, f"⏳ {text}")
-            else:
-                await self.bot.edit_message_text(f"⏳ {text}", chat_id=self.chat_id,
-                                                 message_id=self.message.message_id)
-        except TelegramError:
-            pass  # progress is best effort; the final answer is not
+        with contextlib.suppress(TelegramError):  # progress is best effort; the final answer is not
+            await self.show(f"⏳ {text}")
+
+    async def show(self, text: str, *, parse_mode: str | None = None) -> None:
+        """Send the message, or edit it once sent; Telegram's errors propagate."""
+        if self.message is None:
+            self.message = await self.bot.send_message(self.chat_id, text, parse_mode=parse_mode)
+        else:
+            await self.bot.edit_message_text(text, chat_id=self.chat_id, message_id=self.message.message_id,
+                                             parse_mode=parse_mode)

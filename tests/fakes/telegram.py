@@ -432,6 +432,10 @@ class FakeTelegram(ServedFake):
         self._faults: list[_Fault] = []
         self._blocked: set[int | str] = set()
         self._commands: dict[tuple[str, str], list[JSON]] = {}
+        # sendMessageDraft (Bot API 9.5): each draft shown, in order; False makes the method unknown, as on an
+        # older Bot API server or an emulator without it.
+        self.drafts: list[tuple[int | str, int, str]] = []
+        self.drafts_supported = True
         self._methods: dict[str, tuple[str, Callable[..., Any]]] = {}
         for name, handler in self._handlers().items():
             self._methods[name.lower()] = (name, handler)
@@ -866,7 +870,7 @@ class FakeTelegram(ServedFake):
                     self.calls.append(call)
             if token != self.token:
                 raise TelegramAPIError(401, "Unauthorized")
-            if entry is None:
+            if entry is None or (entry[0] == "sendMessageDraft" and not self.drafts_supported):
                 raise TelegramAPIError(404, "Not Found")
             fault = self._take_fault(method)
             if fault is not None:
@@ -933,6 +937,7 @@ class FakeTelegram(ServedFake):
             "sendPhoto": self._send_photo,
             "sendDocument": self._send_document,
             "sendChatAction": self._send_chat_action,
+            "sendMessageDraft": self._send_message_draft,
             "editMessageText": self._edit_message_text,
             "editMessageReplyMarkup": self._edit_message_reply_markup,
             "editMessageCaption": self._edit_message_caption,
@@ -1071,6 +1076,20 @@ class FakeTelegram(ServedFake):
         if len(plain) > MAX_TEXT_LENGTH:
             raise _bad_request("message is too long")
         return self._new_bot_message(params, chat, {"text": plain, "entities": entities})
+
+    def _send_message_draft(self, params: JSON, files: dict[str, bytes], filenames: dict[str, str]) -> bool:
+        chat = self._target_chat(params)
+        if not str(chat).isdigit():
+            raise _bad_request("draft can be sent only to private chats")
+        raw_id = str(params.get("draft_id", ""))
+        draft_id = int(raw_id) if raw_id.lstrip("-").isdigit() else 0
+        if draft_id == 0:
+            raise _bad_request("draft_id must be non-zero")
+        plain, _ = _render(str(params.get("text") or ""), params.get("parse_mode"), params.get("entities"))
+        if len(plain) > MAX_TEXT_LENGTH:
+            raise _bad_request("message is too long")
+        self.drafts.append((chat, draft_id, plain))
+        return True
 
     def _upload(
         self, field_name: str, params: JSON, files: dict[str, bytes], filenames: dict[str, str]
