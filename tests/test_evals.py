@@ -63,6 +63,10 @@ BAD_FILES = {
                      "unknown setting(s) run_max_dollars"),
     "no-steps.toml": ('[[scenario]]\nname = "t"\n', "steps: Field required"),
     "empty.toml": ("", "no [[scenario]] table"),
+    "stall.toml": ('[[scenario]]\nname = "t"\n[[scenario.model]]\ncalls = [{ name = "x" }]\nstall = 1\n'
+                   '[[scenario.steps]]\nsay = "hi"\n', "model[1]: Value error, stall goes with text"),
+    "signed.toml": ('[[scenario]]\nname = "t"\n[[scenario.steps]]\nsay = "hi"\nsigned = false\n',
+                    "steps[1]: Value error, signed goes with event"),
     "ledger.toml": ('[[scenario]]\nname = "t"\n[[scenario.steps]]\nsay = "hi"\n[[scenario.expect.ledger]]\n'
                     'table = "runs"\ncount = 1\n', "expect.ledger[1].table: Input should be 'run'"),
 }
@@ -103,6 +107,15 @@ last_message = ["goodbye"]
 table = "run"
 where = { status = "handoff" }
 count = 1
+[[scenario.expect.ledger]]
+table = "run"
+contains = { final_text = "HELLO" }
+count = 1
+[[scenario.expect.ledger]]
+table = "run"
+where = { status = "ok" }
+contains = { final_text = "goodbye" }
+min = 1
 
 [[scenario]]
 name = "approval-expected-but-none"
@@ -135,7 +148,8 @@ def test_failures_are_reported_recorded_and_exit_1(tmp_path: Path, capsys: pytes
     results = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert results["expects-what-did-not-happen"]["failures"] == [
         "the last message does not contain 'goodbye': «Hello there.»", "tool run_command did not run",
-        "0 run rows where {'status': 'handoff'}, expected 1"]
+        "0 run rows where {'status': 'handoff'}, expected 1",
+        "0 run rows where {'status': 'ok'} and containing {'final_text': 'goodbye'}, expected at least 1"]
     assert results["approval-expected-but-none"]["failures"] == [
         "0 approval(s) asked (none), expected 1", "no approval request to mention 'uptime'"]
     assert results["passes"] == {**results["passes"], "passed": True, "failures": []}

@@ -186,15 +186,19 @@ def _ledger_checks(seen: Observed) -> list[str]:
     with sqlite3.connect(f"file:{seen.db}?mode=ro", uri=True) as conn:
         for check in seen.expect.ledger:
             columns = {row[1] for row in conn.execute(f'PRAGMA table_info("{check.table}")')}
-            unknown = sorted(set(check.where) - columns)
+            unknown = sorted((set(check.where) | set(check.contains)) - columns)
             if unknown:
                 failures.append(f"ledger check: table {check.table} has no column {', '.join(unknown)} "
                                 f"(columns: {', '.join(sorted(columns))})")
                 continue
             clauses = [f'"{name}" IS ?' for name in check.where]
+            clauses += [f"instr(lower(\"{name}\"), lower(?)) > 0" for name in check.contains]
             sql = f'SELECT COUNT(*) FROM "{check.table}"' + (f" WHERE {' AND '.join(clauses)}" if clauses else "")
-            count = int(conn.execute(sql, list(check.where.values())).fetchone()[0])
-            shown = f"{check.table} rows where {check.where}" if check.where else f"{check.table} rows"
+            count = int(conn.execute(sql, [*check.where.values(), *check.contains.values()]).fetchone()[0])
+            condition = " and ".join(part for part in (f"{check.where}" if check.where else "",
+                                                       f"containing {check.contains}" if check.contains else "")
+                                     if part)
+            shown = f"{check.table} rows where {condition}" if condition else f"{check.table} rows"
             if check.count is not None and count != check.count:
                 failures.append(f"{count} {shown}, expected {check.count}")
             if check.min is not None and count < check.min:

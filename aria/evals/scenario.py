@@ -41,6 +41,7 @@ class File(Strict):
 
     name: str = Field(pattern=r"^[\w][\w.-]{0,99}$")
     text: str
+    repeat: int = Field(default=1, ge=1, le=10_000_000)  # the text, this many times over: a huge document
 
 
 class McpOutput(Strict):
@@ -48,7 +49,9 @@ class McpOutput(Strict):
 
     server: str
     tool: str
-    output: str
+    output: str = ""
+    repeat: int = Field(default=1, ge=1, le=10_000_000)  # the output, this many times over
+    error: str | None = None  # the server fails the call with this message instead (an MCP server outage)
 
 
 class Note(Strict):
@@ -83,6 +86,8 @@ class Turn(Strict):
     retry_after: float | None = Field(default=None, ge=0)
     malformed: bool = False
     hang: float | None = Field(default=None, gt=0, le=120)
+    stall: float | None = Field(default=None, gt=0, le=120)  # streamed text falls silent this long ...
+    stall_after: int = Field(default=1, ge=0)  # ... after this many pieces (about a word each)
     model: str | None = None  # only a request for this model takes the turn
     usage: dict[str, int] | None = None  # prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens
     times: int = Field(default=1, ge=1, le=500)  # the same turn, queued this many times (runaway loops)
@@ -93,6 +98,8 @@ class Turn(Strict):
                  self.text is not None]
         if sum(kinds) != 1:
             raise ValueError("a model turn is exactly one of: text and/or calls, error, malformed, hang")
+        if self.stall is not None and (self.text is None or self.calls):
+            raise ValueError("stall goes with text (and no calls): the text stops streaming part-way")
         if self.retry_after is not None and self.error is None:
             raise ValueError("retry_after goes with error")
         return self
@@ -109,6 +116,7 @@ class Step(Strict):
     sender: str = "someone"  # who wrote the forwarded message
     event: str | None = None  # an event from this source, signed with its secret
     payload: dict[str, Any] = Field(default_factory=dict)
+    signed: bool = True  # false: a forged event (a wrong signature), which the events path must refuse
     press: Literal["approve", "reject", "details"] | None = None  # a button under an approval request
     approval: int = -1  # which approval of the scenario, in the order they were asked (-1: the latest)
     retry: Literal["strong", "budget", "again"] | None = None  # a retry button under the latest run's message
@@ -136,6 +144,8 @@ class Step(Strict):
         if len(given) != 1:
             raise ValueError("a step is exactly one of: say, forward, event, press, retry, command, restart"
                              + (f" (got {', '.join(given)})" if given else ""))
+        if not self.signed and self.event is None:
+            raise ValueError("signed goes with event")
         if self.command is not None and not self.command.startswith("/"):
             raise ValueError("command starts with / (e.g. \"/status\")")
         return self
@@ -146,6 +156,7 @@ class LedgerCheck(Strict):
 
     table: Literal["run", "step", "spend", "failure", "approval", "outbox", "event"]
     where: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    contains: dict[str, str] = Field(default_factory=dict)  # column -> text its value contains (any case)
     count: int | None = Field(default=None, ge=0)
     min: int | None = Field(default=None, ge=0)
     max: int | None = Field(default=None, ge=0)

@@ -55,8 +55,10 @@ def write_sources(scenario: Scenario, data_dir: Path) -> None:
     folder = data_dir / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     for file in scenario.files:
-        (folder / file.name).write_text(file.text, encoding="utf-8")
-    (data_dir / OUTPUTS).write_text(json.dumps([m.model_dump() for m in scenario.mcp]), encoding="utf-8")
+        (folder / file.name).write_text(file.text * file.repeat, encoding="utf-8")
+    outputs = [{"server": m.server, "tool": m.tool, "output": m.output * m.repeat, "error": m.error}
+               for m in scenario.mcp]
+    (data_dir / OUTPUTS).write_text(json.dumps(outputs), encoding="utf-8")
     (data_dir / NOTES).write_text(json.dumps([n.model_dump() for n in scenario.notes]), encoding="utf-8")
 
 
@@ -73,6 +75,8 @@ def script(model: object, turns: list[Turn]) -> None:
                 model.enqueue_malformed(model=turn.model)
             elif turn.hang is not None:
                 model.enqueue_hang(turn.hang, model=turn.model)
+            elif turn.stall is not None:
+                model.enqueue_stall(turn.text or "", turn.stall_after, turn.stall, model=turn.model)
             elif turn.calls:
                 model.enqueue_tool_calls([{"name": c.name, "arguments": c.arguments} for c in turn.calls],
                                          text=turn.text, usage=turn.usage, model=turn.model)

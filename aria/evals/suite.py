@@ -16,11 +16,10 @@ JOBS = 6  # scenarios run at once
 
 
 def shipped_suite() -> Path:
-    """The scenarios that ship with Aria: `evals/` here when run from a checkout, else beside the package."""
-    here = Path("evals")
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parents[2] / "evals"
+    """The scenarios that ship with Aria: `evals/` beside the package (a checkout or an editable install), else
+    `evals/` in the working folder."""
+    beside = Path(__file__).resolve().parents[2] / "evals"
+    return beside if beside.is_dir() else Path("evals")
 
 
 async def run_all(scenarios: Sequence[Scenario], mode: Mode, configured: Settings | None,

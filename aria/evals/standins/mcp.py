@@ -18,6 +18,8 @@ def mcp_call(ctx: ToolContext, server: str, tool: str) -> str:
     outputs = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
     for entry in outputs:
         if entry["server"] == server and entry["tool"] == tool:
+            if entry.get("error"):
+                raise ToolError(f"MCP server {server} failed: {entry['error']}")
             return str(entry["output"])
     known = ", ".join(f"{e['server']}/{e['tool']}" for e in outputs) or "none"
     raise ToolError(f"no MCP tool {server}/{tool} (connected: {known})")
