@@ -53,7 +53,7 @@ def test_the_shipped_suite_passes_from_the_command_line(tmp_path: Path) -> None:
 BAD_FILES = {
     "not-toml.toml": ("[[scenario]\nname = 1", "not valid TOML"),
     "typo.toml": ('[[scenario]]\nname = "t"\n[[scenario.steps]]\nsay = "hi"\n[scenario.expect]\ntools_rann = ["x"]\n',
-                  "scenario 1 (t): expect.tools_rann: Extra inputs are not permitted"),
+                  "scenario 1 (t): expect.tools_rann: Extra inputs are not permitted (did you mean tools_ran?)"),
     "two-actions.toml": ('[[scenario]]\nname = "t"\n[[scenario.steps]]\nsay = "hi"\npress = "approve"\n',
                          "steps[1]: Value error, a step is exactly one of: say, forward, event, press, retry, "
                          "command, restart (got say, press)"),
@@ -67,6 +67,10 @@ BAD_FILES = {
                    '[[scenario.steps]]\nsay = "hi"\n', "model[1]: Value error, stall goes with text"),
     "signed.toml": ('[[scenario]]\nname = "t"\n[[scenario.steps]]\nsay = "hi"\nsigned = false\n',
                     "steps[1]: Value error, signed goes with event"),
+    "policy.toml": ('[[scenario]]\nname = "t"\npolicy = "[[text]]\\npattern = 1"\n[[scenario.steps]]\nsay = "hi"\n',
+                    "Value error, not a valid policy file: ARIA_POLICY_FILE: it is invalid"),
+    "rules.toml": ('[[scenario]]\nname = "t"\nevent_rules = "[sources.ci]\\nprompt = 3"\n[[scenario.steps]]\n'
+                   'say = "hi"\n', "not a valid event rules file: ARIA_EVENT_RULES_FILE: [sources.ci] takes prompt"),
     "ledger.toml": ('[[scenario]]\nname = "t"\n[[scenario.steps]]\nsay = "hi"\n[[scenario.expect.ledger]]\n'
                     'table = "runs"\ncount = 1\n', "expect.ledger[1].table: Input should be 'run'"),
 }
@@ -264,3 +268,41 @@ def test_a_step_that_cannot_be_played_fails_its_scenario_clearly(tmp_path: Path,
     assert results["press-with-nothing-to-press"]["failures"] == ["step 2: press approve: no approval was asked"]
     assert results["press-with-nothing-to-press"]["messages"] == ["Nothing risky here."]
     assert results["event-from-a-source-named-github"]["passed"], results["event-from-a-source-named-github"]
+
+
+EVENTS = """
+[[scenario]]
+name = "each-auth-mode-signed-as-its-sender-signs"
+settings = { event_auth = { alerts = "bearer", grafana = "basic" } }
+[[scenario.model]]
+text = "Noted the alert."
+times = 3
+[[scenario.steps]]
+event = "alerts"
+payload = { summary = "db1 slow" }
+[[scenario.steps]]
+event = "grafana"
+payload = { title = "cpu high" }
+[[scenario.steps]]
+event = "monitoring"
+payload = { summary = "disk full" }
+[[scenario.steps]]
+event = "monitoring"
+payload = { summary = "forged" }
+signed = false
+[scenario.expect]
+statuses = ["ok", "ok", "ok"]
+[[scenario.expect.ledger]]
+table = "event"
+where = { status = "refused", source = "monitoring" }
+count = 1
+"""
+
+
+def test_events_are_sent_as_each_sources_auth_mode_expects(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "events.toml", EVENTS)
+    assert run_eval(settings_in(tmp_path / "data"), [path], as_json=True, live=False) == 0
+    (result,) = json.loads(capsys.readouterr().out)
+    assert result["passed"], result["failures"]
+    assert result["messages"] == ["Noted the alert."] * 3

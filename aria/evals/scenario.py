@@ -7,6 +7,8 @@ scenario and the field, with what is wrong, and no scenario of it runs. Placehol
 
 from __future__ import annotations
 
+import difflib
+import tempfile
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -194,6 +196,7 @@ class Scenario(Strict):
     tags: list[str] = Field(default_factory=list)
     settings: dict[str, Any] = Field(default_factory=dict)  # Aria settings for this scenario (field names)
     policy: str | None = None  # a policy file's TOML, instead of the shipped policy
+    event_rules: str | None = None  # an event rules file's TOML (ARIA_EVENT_RULES_FILE)
     pages: list[Page] = Field(default_factory=list)
     files: list[File] = Field(default_factory=list)
     mcp: list[McpOutput] = Field(default_factory=list)
@@ -212,10 +215,35 @@ class Scenario(Strict):
         unknown = sorted(set(value) - set(Settings.model_fields))
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)} (use Settings field names, e.g. run_max_usd)")
-        reserved = sorted(set(value) & {"data_dir", "database_path", "skills_dir", "owner_ids"})
+        reserved = sorted(set(value) & {"data_dir", "database_path", "skills_dir", "owner_ids", "policy_file",
+                                         "event_rules_file", "event_secrets"})
         if reserved:
             raise ValueError(f"setting(s) {', '.join(reserved)} are set by the eval itself")
         return value
+
+    @model_validator(mode="after")
+    def _config_files(self) -> Scenario:
+        _config_text("policy", self.policy)
+        _config_text("event_rules", self.event_rules)
+        return self
+
+
+def _config_text(kind: str, text: str | None) -> None:
+    """A policy or event rules file's TOML, checked by the loader Aria uses (a bad one is the file's error)."""
+    if text is None:
+        return
+    from aria.errors import ConfigError
+    from aria.event_rules import load_rules
+    from aria.policy import load_policy
+
+    with tempfile.TemporaryDirectory(prefix="aria-eval-check-") as folder:
+        path = Path(folder) / f"{kind}.toml"
+        path.write_text(text, encoding="utf-8")
+        try:
+            load_policy(path) if kind == "policy" else load_rules(path)
+        except ConfigError as exc:
+            detail = "; ".join(exc.problems).replace(str(path), "it")
+            raise ValueError(f"not a valid {kind.replace('_', ' ')} file: {detail}") from None
 
 
 class ScenarioError(Exception):
@@ -248,7 +276,7 @@ def load_file(path: Path) -> list[Scenario]:
         try:
             scenarios.append(Scenario.model_validate({**item, "source": str(path)}))
         except ValidationError as exc:
-            problems += [f"{label}: {_where(err['loc'])}{err['msg']}"
+            problems += [f"{label}: {_where(err['loc'])}{err['msg']}{_hint(err)}"
                          for err in exc.errors(include_input=False, include_url=False)]
     if problems:
         raise ScenarioError(problems)
@@ -299,6 +327,16 @@ def _fill(value: Any, values: dict[str, str]) -> Any:
     if isinstance(value, list):
         return [_fill(v, values) for v in value]
     return value
+
+
+def _hint(err: Any) -> str:
+    """For an unknown key, the nearest key the format has (a typo's likely meaning)."""
+    if err["type"] != "extra_forbidden" or not err["loc"]:
+        return ""
+    known = {name for model in (Scenario, Page, File, McpOutput, Note, Fault, Turn, ToolCall, Step, Expect,
+                                LedgerCheck) for name in model.model_fields if name != "source"}
+    close = difflib.get_close_matches(str(err["loc"][-1]), sorted(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
