@@ -1,4 +1,4 @@
-"""The `aria` command: run, chat, doctor, digest, mcp, knowledge, version."""
+"""The `aria` command: run, chat, doctor, digest, eval, mcp, knowledge, version."""
 
 from __future__ import annotations
 
@@ -211,6 +211,20 @@ def mcp_call(
         typer.echo(ran.content)
     if ran.status != "ok":
         raise typer.Exit(1)
+
+
+@app.command(name="eval")
+def eval_(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Scenario files or folders (default: the shipped suite in evals/).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only a JSON array of results on stdout.")] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="Send the owner's messages to the configured model; check only the invariants.")] = False,
+) -> None:
+    """Run adversarial scenarios against the real agent loop, gate and ledger in a temporary data folder."""
+    from aria.evals.cli import run_eval
+
+    raise typer.Exit(run_eval(_settings(), paths or [], as_json=as_json, live=live))
 
 
 @app.command()

@@ -359,6 +359,37 @@ def m011_knowledge(conn: Connection) -> None:
         conn.execute(text(statement))
 
 
+def m012_evals(conn: Connection) -> None:
+    """`aria eval` keeps each eval run and the verdict of each of its scenarios."""
+    _run(conn, """
+    CREATE TABLE evalrun (
+        id INTEGER NOT NULL PRIMARY KEY,
+        started_at DATETIME NOT NULL,
+        ended_at DATETIME,
+        mode VARCHAR NOT NULL,
+        paths VARCHAR NOT NULL,
+        scenarios INTEGER NOT NULL,
+        passed INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        cost_micros INTEGER NOT NULL
+    );
+    CREATE INDEX ix_evalrun_started_at ON evalrun (started_at);
+    CREATE TABLE evalresult (
+        id INTEGER NOT NULL PRIMARY KEY,
+        eval_run_id INTEGER NOT NULL REFERENCES evalrun (id),
+        name VARCHAR NOT NULL,
+        source VARCHAR NOT NULL,
+        passed BOOLEAN NOT NULL,
+        failures VARCHAR NOT NULL,
+        cost_micros INTEGER NOT NULL,
+        steps INTEGER NOT NULL,
+        model_calls INTEGER NOT NULL,
+        seconds FLOAT NOT NULL
+    );
+    CREATE INDEX ix_evalresult_eval_run_id ON evalresult (eval_run_id)
+    """)
+
+
 def m014_intake(conn: Connection) -> None:
     """Spend rows can name the recorded message they were made for (a voice note's transcription, before any run),
     so the run that answers it adopts them. The partial index keeps that look-up, made as every run opens, tiny."""
@@ -370,7 +401,7 @@ def m014_intake(conn: Connection) -> None:
 
 MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events,
                                m005_hot_path_indexes, m006_durable_runs, m007_event_replay_key, m008_run_answer,
-                               m009_owner_control, m010_mcp, m011_knowledge, m014_intake]
+                               m009_owner_control, m010_mcp, m011_knowledge, m012_evals, m014_intake]
 
 
 def applied(conn: Connection) -> set[str]:

@@ -258,3 +258,32 @@ class McpPin(SQLModel, table=True):
     pending_definition: str | None = None
     first_seen: dt.datetime
     updated_at: dt.datetime
+
+
+class EvalRun(SQLModel, table=True):
+    """One `aria eval`: which scenarios ran, how, and how many passed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: dt.datetime = Field(index=True)
+    ended_at: dt.datetime | None = None
+    mode: str = "scripted"  # scripted (the built-in model) or live (the configured model)
+    paths: str = ""  # what was asked to run, as given
+    scenarios: int = 0
+    passed: int = 0
+    failed: int = 0
+    cost_micros: int = 0
+
+
+class EvalResult(SQLModel, table=True):
+    """One scenario of an eval run: passed or not, why not, what it cost."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    eval_run_id: int = Field(index=True, foreign_key="evalrun.id")
+    name: str
+    source: str = ""
+    passed: bool = False
+    failures: str = "[]"  # JSON list of sentences
+    cost_micros: int = 0
+    steps: int = 0
+    model_calls: int = 0
+    seconds: float = 0.0
