@@ -129,8 +129,8 @@ async def _play(scenario: Scenario, mode: Mode, configured: Settings | None, fol
         await player.start()
         try:
             for index, step in enumerate(scenario.steps):
-                if mode == "live" and step.kind != "say":
-                    continue  # live mode: the owner's messages only
+                if mode == "live" and step.kind not in ("say", "document"):
+                    continue  # live mode: the owner's messages (and documents) only
                 try:
                     await player.play(index, step)
                 except StepProblem as exc:
