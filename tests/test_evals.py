@@ -60,6 +60,8 @@ BAD_FILES = {
                          "retry, command, restart (got say, press)"),
     "document.toml": ('[[scenario]]\nname = "t"\n[[scenario.steps]]\ndocument = "a.txt"\n',
                       "document 'a.txt' has no content and no [[scenario.files]] entry of that name"),
+    "sender.toml": ('[[scenario]]\nname = "t"\n[[scenario.steps]]\nsay = "hi"\nsender = "x"\n',
+                    "sender goes with forward or document"),
     "caption.toml": ('[[scenario]]\nname = "t"\n[[scenario.steps]]\nsay = "hi"\ncaption = "x"\n',
                      "content and caption go with document"),
     "replaces.toml": ('[[scenario]]\nname = "t"\n[[scenario.notes]]\ntext = "a"\nreplaces = 1\n'

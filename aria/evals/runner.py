@@ -48,7 +48,7 @@ from aria.evals.stage import (
     write_mcp,
 )
 from aria.events import EventIngress
-from aria.telegram.attachments import document_incoming
+from aria.telegram.attachments import document_incoming, forward_source
 from aria.telegram.handlers import ACKNOWLEDGEMENTS, details_text
 
 log = logging.getLogger(__name__)
@@ -265,9 +265,10 @@ class Player:
             await self._run(Request(text=step.text, trigger="message", channel="telegram", chat_id=OWNER,
                                     user_id=OWNER))
         elif step.kind == "forward":
-            await self._run(Request(text=forwarded_request(step.sender, step.text), trigger="forward",
+            sender = step.sender or "someone"
+            await self._run(Request(text=forwarded_request(sender, step.text), trigger="forward",
                                     channel="telegram", chat_id=OWNER, user_id=OWNER,
-                                    sources=(f"a message forwarded from {step.sender} (Telegram)",)))
+                                    sources=(forward_source(sender),)))
         elif step.kind == "document":
             await self._document(step)
         elif step.kind == "event":
@@ -291,12 +292,13 @@ class Player:
         await self.aria.runs.handle(request, self.channel, live=False)
 
     async def _document(self, step: Step) -> None:
-        """A document the owner sends, read and made into a request exactly as a Telegram document is (or refused
-        with the same answer)."""
+        """A document the owner sends (or forwards from `sender`), read and made into a request exactly as a Telegram
+        document is (or refused with the same answer)."""
         limit = self.settings.document_max_bytes
         data = self.scenario.document_text(step).encode()
         try:
-            incoming = document_incoming(read_document(step.document, data, limit), step.caption, None, limit)
+            incoming = document_incoming(read_document(step.document, data, limit), step.caption, step.sender,
+                                         limit)
         except DocumentRefused as refusal:
             await self.aria.runs.reply(self.channel, OWNER, str(refusal))
             return

@@ -129,7 +129,7 @@ class Step(Strict):
 
     say: str | None = None  # the owner writes
     forward: str | None = None  # the owner forwards someone else's message
-    sender: str = "someone"  # who wrote the forwarded message
+    sender: str | None = None  # who wrote the forwarded message (default "someone"), or the forwarded document
     document: str | None = None  # the owner sends a document with this file name, as Telegram delivers it
     content: str | None = None  # ... holding this text (default: the [[scenario.files]] entry of that name)
     caption: str = ""  # ... with this caption (the owner's words about it)
@@ -164,6 +164,8 @@ class Step(Strict):
                              "restart" + (f" (got {', '.join(given)})" if given else ""))
         if (self.content is not None or self.caption) and self.document is None:
             raise ValueError("content and caption go with document")
+        if self.sender is not None and self.forward is None and self.document is None:
+            raise ValueError("sender goes with forward or document")
         if not self.signed and self.event is None:
             raise ValueError("signed goes with event")
         if self.command is not None and not self.command.startswith("/"):
