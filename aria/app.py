@@ -34,6 +34,7 @@ from aria.llm.router import Router
 from aria.llm.stream import Windows
 from aria.outbox import Outbox
 from aria.policy import load_policy
+from aria.rollout import Rollout
 from aria.runs import RunService
 from aria.scheduler import Scheduler
 from aria.skills import SkillSet, ToolContext, builtin_skills_dir, discover
@@ -67,6 +68,7 @@ class Aria:
     digests: DigestService = field(init=False, repr=False)
     alerts: Alerts = field(init=False, repr=False)
     runs: RunService = field(init=False, repr=False)
+    rollout: Rollout = field(init=False, repr=False)
     channels: list[Channel] = field(default_factory=list, repr=False)
     _openai: openai.AsyncOpenAI | None = field(default=None, repr=False)
 
@@ -103,6 +105,8 @@ class Aria:
         aria.digests = DigestService(aria, aria.outbox)
         aria.alerts = Alerts(aria, aria.outbox)
         aria.runs = RunService(aria)
+        aria.rollout = Rollout(aria)
+        runner.on_shadow = aria.rollout.propose
         return aria
 
     async def start(self, *channels: Channel) -> None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from aria.agent.outcome import Action
 from aria.errors import LedgerUnavailable
+from aria.rollout.views import shadow_reply
 from aria.scheduler import PAUSED_FLAG
 from aria.views import help_text, set_autonomy, skills_text, status_text
 
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from aria.app import Aria
 
 COST_MAX_DAYS = 90
-NAMES = ("help", "start", "status", "skills", "digest", "cost", "approvals", "pause", "resume")
+NAMES = ("help", "start", "status", "skills", "digest", "cost", "approvals", "pause", "resume", "shadow")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ async def answer(aria: Aria, name: str, args: list[str]) -> list[Reply]:
             return [Reply("No approvals are waiting.")]
         return [Reply(a.summary, actions=aria.runs.request_actions(a), approval_id=a.id, purpose="approval")
                 for a in pending]
+    if name == "shadow":
+        text, actions = shadow_reply(aria)
+        return [Reply(text, actions=actions)]
     if name in ("pause", "resume"):
         return [Reply(_switch(aria, paused=name == "pause"))]
     return [Reply(help_text(aria.caller is not None))]

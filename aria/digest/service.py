@@ -22,6 +22,7 @@ from aria.digest.data import LiveState, events_accepted_today, load_cost, load_d
 from aria.digest.text import cost_text, digest_text, status_lines
 from aria.ledger import as_utc, usd_to_micros
 from aria.outbox import Outbox
+from aria.rollout.views import digest_lines
 from aria.scheduler import Scheduler
 
 if TYPE_CHECKING:
@@ -111,6 +112,9 @@ class DigestService:
     def _digest(self, day: dt.date, state: LiveState, today: dt.date, note: str) -> Digest:
         data = load_digest(self.ledger, day, self.tz, day_cap=self.day_cap, month_cap=self.month_cap)
         text = digest_text(data, state, tz=self.tz, today=today, note=note)
+        rollout = digest_lines(self.aria)  # per-skill autonomy, agreement and approval rates
+        if rollout:
+            text += "\n\n" + "\n".join(rollout)
         png = digest_chart(data.spend_chart, data.runs_chart, self.day_cap) if data.chartable else None
         return Digest(day, text, png)
 

@@ -267,8 +267,52 @@ def m008_run_answer(conn: Connection) -> None:
     """)
 
 
+def m013_shadow_rollout(conn: Connection) -> None:
+    """Shadow proposals with the owner's 👍/👎 and note, and the rollout steps of each skill (suggested promotions,
+    promotions, demotions), so agreement and the promotion gate are computed from recorded judgements."""
+    _run(conn, """
+    CREATE TABLE proposal (
+        id INTEGER NOT NULL PRIMARY KEY,
+        run_id INTEGER,
+        skill VARCHAR NOT NULL,
+        tool VARCHAR NOT NULL,
+        risk VARCHAR NOT NULL,
+        args_json VARCHAR NOT NULL,
+        summary VARCHAR NOT NULL,
+        sources VARCHAR,
+        chat_id INTEGER,
+        outbox_id INTEGER,
+        verdict VARCHAR,
+        note VARCHAR,
+        judged_by INTEGER,
+        judged_at DATETIME,
+        created_at DATETIME NOT NULL
+    );
+    CREATE INDEX ix_proposal_run_id ON proposal (run_id);
+    CREATE INDEX ix_proposal_skill ON proposal (skill, created_at);
+    CREATE INDEX ix_proposal_outbox ON proposal (outbox_id);
+    CREATE TABLE rollout (
+        id INTEGER NOT NULL PRIMARY KEY,
+        skill VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        from_level VARCHAR NOT NULL,
+        to_level VARCHAR NOT NULL,
+        reason VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        judged INTEGER NOT NULL,
+        agreed INTEGER NOT NULL,
+        lower_bound FLOAT NOT NULL,
+        created_at DATETIME NOT NULL,
+        decided_by INTEGER,
+        decided_at DATETIME
+    );
+    CREATE INDEX ix_rollout_skill ON rollout (skill, id)
+    """)
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events,
-                               m005_hot_path_indexes, m006_durable_runs, m007_event_replay_key, m008_run_answer]
+                               m005_hot_path_indexes, m006_durable_runs, m007_event_replay_key, m008_run_answer,
+                               m013_shadow_rollout]
 
 
 def applied(conn: Connection) -> set[str]:
