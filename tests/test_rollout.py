@@ -112,7 +112,8 @@ async def test_shadow_skill_is_promoted_after_enough_thumbs_up_then_demoted_by_o
 
     assert marks(aria.settings.data_dir) == []
     with aria.ledger.read() as s:
-        steps = [(r.kind, r.from_level, r.to_level, r.status) for r in s.exec(select(Rollout).order_by(col(Rollout.id)))]
+        rows = s.exec(select(Rollout).order_by(col(Rollout.id))).all()
+        steps = [(r.kind, r.from_level, r.to_level, r.status) for r in rows]
         verdicts = [p.verdict for p in s.exec(select(Proposal).order_by(col(Proposal.id)))]
     assert steps == [("suggested", "shadow", "ask", "applied"), ("promoted", "shadow", "ask", "done"),
                      ("demoted", "ask", "shadow", "done")]
