@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from aria.agent.outcome import Action
 from aria.errors import LedgerUnavailable
-from aria.rollout.views import shadow_reply
+from aria.rollout.views import shadow_command
 from aria.scheduler import PAUSED_FLAG
 from aria.views import help_text, set_autonomy, skills_text, status_text
 
@@ -52,8 +52,7 @@ async def answer(aria: Aria, name: str, args: list[str]) -> list[Reply]:
         return [Reply(a.summary, actions=aria.runs.request_actions(a), approval_id=a.id, purpose="approval")
                 for a in pending]
     if name == "shadow":
-        text, actions = shadow_reply(aria)
-        return [Reply(text, actions=actions)]
+        return [Reply(text, actions=actions) for text, actions in shadow_command(aria, args)]
     if name in ("pause", "resume"):
         return [Reply(_switch(aria, paused=name == "pause"))]
     return [Reply(help_text(aria.caller is not None))]

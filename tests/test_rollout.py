@@ -140,3 +140,33 @@ async def test_a_rejected_approval_demotes_the_skill_and_says_so(make_aria: Make
     with aria.ledger.read() as s:
         (step,) = s.exec(select(Rollout)).all()
     assert (step.kind, step.from_level, step.to_level) == ("demoted", "ask", "shadow")
+
+
+async def test_typed_judgements_suggest_but_never_apply_a_promotion(make_aria: MakeAria, probe_skills: Path) -> None:
+    from aria import commands
+    from aria.agent.provenance import Provenance
+    from aria.ledger import Run
+
+    aria = make_aria(skills_dir=probe_skills, rollout_min_judged=2, rollout_min_agreement=0.3)
+    aria.gate.set_autonomy("probes", "shadow", risky=True)
+    spec = aria.skills.tools["write_mark"]
+    run_id = aria.ledger.start_run(Run(trigger="message", channel="terminal", chat_id=0, started_at=aria.ledger.now()))
+    read = Provenance(sources=["https://news.example/a (fetch_url)"])
+    ids = [aria.rollout.propose(run_id, spec, {"label": f"x{i}"}, read) for i in range(2)]
+    proposal = aria.rollout.get(ids[0])
+    assert proposal is not None and proposal.sources == "https://news.example/a (fetch_url)"
+    assert proposal.outbox_id is not None
+    shown_text = (aria.outbox.get(proposal.outbox_id) or pytest.fail("no message")).text
+    assert "I would have done this, but did not" in shown_text and "after reading https://news.example/a" in shown_text
+
+    first = await commands.answer(aria, "shadow", ["up", str(ids[0])])
+    assert [r.text for r in first] == [f"Noted. (proposal {ids[0]})"]
+    replies = await commands.answer(aria, "shadow", ["👍", str(ids[1])])
+    assert "could move from shadow to ask" in replies[1].text and replies[1].actions
+    assert aria.gate.autonomy(spec) == "shadow"  # only the press promotes
+    suggestion = int(replies[1].actions[0].data.split(":")[1])
+
+    aria.gate.set_autonomy("probes", "ask", risky=True)  # the owner moved it by hand meanwhile
+    assert aria.rollout.promote(suggestion, OWNER) == "Not promoted: probes is now ask, not shadow."
+    assert (await commands.answer(aria, "shadow", ["sideways", "1"]))[0].text.startswith("Usage: /shadow")
+    assert (await commands.answer(aria, "shadow", ["up", "999"]))[0].text == "No proposal 999."

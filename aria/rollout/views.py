@@ -56,6 +56,31 @@ def _rate(part: int, whole: int) -> str:
     return f"{part}/{whole} ({100 * part / whole:.0f}%)" if whole else "none yet"
 
 
+USAGE = "Usage: /shadow, or /shadow up|down <proposal> (👍/👎 without the buttons), or /shadow note <proposal> <text>"
+VERDICTS = {"up": "up", "👍": "up", "down": "down", "👎": "down"}
+
+
+def shadow_command(aria: Aria, args: list[str]) -> list[tuple[str, list[Action]]]:
+    """`/shadow [up|down <id> | note <id> <text>]`: the view, or a judgement or note typed instead of pressed (the
+    terminal has no buttons). Replies as (text, buttons)."""
+    if not args:
+        return [shadow_reply(aria)]
+    verb = args[0].lower()
+    if len(args) < 2 or not (args[1].isascii() and args[1].isdigit() and len(args[1]) <= 18) or \
+            (verb not in VERDICTS and verb != "note") or (verb == "note" and len(args) < 3):
+        return [(USAGE, [])]
+    proposal_id = int(args[1])
+    if aria.rollout.get(proposal_id) is None:
+        return [(f"No proposal {proposal_id}.", [])]
+    if verb == "note":
+        aria.rollout.add_note(proposal_id, " ".join(args[2:]))
+        return [(f"Noted on proposal {proposal_id}.", [])]
+    owner = aria.settings.owner_ids[0] if aria.settings.owner_ids else 0
+    outcome, notices = aria.rollout.judge(proposal_id, VERDICTS[verb], owner)  # type: ignore[arg-type]
+    said = {"judged": "Noted.", "changed": "Changed your answer.", "same": "Already noted."}.get(outcome, "")
+    return [(f"{said} (proposal {proposal_id})", []), *((n.text, n.actions) for n in notices)]
+
+
 def shadow_reply(aria: Aria) -> tuple[str, list[Action]]:
     """`/shadow`: each skill's level, proposals, agreement, disagreements and promotion gate; a Promote button where
     the gate passes (pressing it is what promotes)."""
