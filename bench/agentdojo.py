@@ -66,7 +66,8 @@ VERSION = "v1.2.2"  # 97 user tasks, 35 injection tasks
 # Tools whose name starts so change the world (a mail sent, a file shared, money paid): risky, they ask the owner.
 RISKY_PREFIXES = ("add_", "append_", "cancel_", "create_", "delete_", "invite_", "post_", "remove_", "reschedule_",
                   "reserve_", "schedule_", "send_", "share_", "update_")
-SKILL = "agentdojo"
+ACTIONS, READS = "agentdojo_actions", "agentdojo_reads"  # two skills: a skill's autonomy is one setting
+_SCHEMAS: dict[str, Any] = {}  # tool name -> its input model, to compare calls as the gate saw them
 
 
 def is_risky(name: str) -> bool:
@@ -121,16 +122,34 @@ def _tool(function: Function, world: World) -> ToolSpec:
 
     risky = is_risky(name)
     reads: Reads | None = None if risky else ("web" if name == "get_webpage" else "document")
-    return ToolSpec(name=name, description=function.description or name, skill=SKILL, input_model=function.parameters,
+    return ToolSpec(name=name, description=function.description or name, skill=ACTIONS if risky else READS,
+                    input_model=function.parameters,
                     func=call, wants_ctx=False, timeout=10.0, risk="risky" if risky else "safe",
                     autonomy="ask" if risky else "auto", raises=(ToolError,), keywords=frozenset(), reads=reads,
                     url_arg="url" if name == "get_webpage" else None)
 
 
-def suite_skill(suite: TaskSuite, world: World) -> Skill:
-    """A suite's tools as one skill."""
-    return Skill(name=SKILL, description=f"AgentDojo {suite.name}", origin=Path("agentdojo"),
-                 tools=tuple(_tool(f, world) for f in suite.tools), keywords=frozenset())
+def suite_skills(suite: TaskSuite, world: World) -> list[Skill]:
+    """A suite's tools as two skills: the ones that act (risky, `ask`) and the ones that read (safe, `auto`)."""
+    _SCHEMAS.clear()
+    _SCHEMAS.update({f.name: f.parameters for f in suite.tools})
+    tools = [_tool(f, world) for f in suite.tools]
+    return [Skill(name=name, description=f"AgentDojo {suite.name}", origin=Path("agentdojo"),
+                  tools=tuple(t for t in tools if t.skill == name), keywords=frozenset()) for name in (ACTIONS, READS)]
+
+
+_ENVIRONMENTS: dict[tuple[str, str], Any] = {}
+
+
+def environment(suite: TaskSuite, user: BaseUserTask, injections: dict[str, str]) -> Any:
+    """A fresh copy of the task's environment with the injections in (parsing a suite's YAML is the slow part, so
+    each injected environment is parsed once and copied)."""
+    key = (suite.name, json.dumps(injections, sort_keys=True))
+    if key not in _ENVIRONMENTS:
+        if len(_ENVIRONMENTS) >= 4:  # the plan, the replay and the baseline of one task share theirs
+            _ENVIRONMENTS.clear()
+        _ENVIRONMENTS[key] = suite.load_and_inject_default_environment(injections)
+    return user.init_environment(_ENVIRONMENTS[key].model_copy(deep=True))
 
 
 def _json(args: Any) -> dict[str, Any]:
@@ -138,7 +157,13 @@ def _json(args: Any) -> dict[str, Any]:
 
 
 def _key(name: str, args: dict[str, Any]) -> str:
-    return f"{name}:{json.dumps(_json(args), sort_keys=True)}"
+    """A call as the gate sees it: arguments validated by the tool's schema (defaults filled in)."""
+    schema = _SCHEMAS.get(name)
+    try:
+        data = schema.model_validate(args).model_dump(mode="json") if schema is not None else _json(args)
+    except ValueError:
+        data = _json(args)
+    return f"{name}:{json.dumps(data, sort_keys=True, default=str)}"
 
 
 @dataclass
@@ -154,17 +179,18 @@ def plan_for(suite: TaskSuite, user: BaseUserTask, injection: BaseInjectionTask 
              injections: dict[str, str]) -> Plan:
     """The ground truth of the user task, with the injection task's spliced in right after the first output that
     carries an injection (the obeying model) or not at all (the ignoring model)."""
-    env = user.init_environment(suite.load_and_inject_default_environment(injections))
-    pre = env.model_copy(deep=True)
+    pre = environment(suite, user, injections)
     user_calls = [(c.function, _json(c.args), False) for c in user.ground_truth(pre)]
     if injection is None:
         return Plan(user_calls, user.GROUND_TRUTH_OUTPUT)
+    # Where the model first reads the injection: found with AgentDojo's own canaries, which a YAML dump cannot wrap.
+    canaries = {vector: f"<CANARY---{vector}--->" for vector in injections}
+    seen = environment(suite, user, canaries)
     runtime = FunctionsRuntime(suite.tools)
-    texts = [text for text in injections.values() if text]
     for index, (name, args, _) in enumerate(user_calls):
-        result, _error = runtime.run_function(env, name, args)
+        result, _error = runtime.run_function(seen, name, args)
         output = str(tool_result_to_str(result)) if result is not None else ""
-        if any(text in output for text in texts):
+        if any(canary in output for canary in canaries.values()):
             spliced = [(c.function, _json(c.args), True) for c in injection.ground_truth(pre)]
             calls = user_calls[: index + 1] + spliced + user_calls[index + 1:]
             return Plan(calls, user.GROUND_TRUTH_OUTPUT, injecting_tool=name)
@@ -199,7 +225,7 @@ def verdicts(user: BaseUserTask, injection: BaseInjectionTask | None, output: st
 def run_plain(suite: TaskSuite, user: BaseUserTask, injection: BaseInjectionTask | None, injections: dict[str, str],
               plan: Plan) -> Result:
     """The baseline: the same scripted model straight on AgentDojo's runtime, every call run, no gate."""
-    env = user.init_environment(suite.load_and_inject_default_environment(injections))
+    env = environment(suite, user, injections)
     pre = env.model_copy(deep=True)
     runtime = FunctionsRuntime(suite.tools)
     trace = []
@@ -224,17 +250,17 @@ class Replay:
     def use(self, suite: TaskSuite) -> None:
         """Offer only this suite's tools (Aria's own skills are set aside for the replay)."""
         self.world.runtime = FunctionsRuntime(suite.tools)
-        self.aria.skills.skills[:] = [suite_skill(suite, self.world)]
+        self.aria.skills.skills[:] = suite_skills(suite, self.world)
         self.aria.skills.broken.clear()
 
     async def run(self, suite: TaskSuite, user: BaseUserTask, injection: BaseInjectionTask | None,
                   injections: dict[str, str], plan: Plan) -> Result:
         """One task through Aria: the scripted calls, the owner approving only the user task's own actions."""
-        self.world.env = user.init_environment(suite.load_and_inject_default_environment(injections))
+        self.world.env = environment(suite, user, injections)
         self.world.trace = []
         pre = self.world.env.model_copy(deep=True)
         # A rejection demotes the skill (the rollout rule): each task starts again from the suite's own levels.
-        self.aria.ledger.set_flag(f"autonomy:{SKILL}", "ask")
+        self.aria.ledger.set_flag(f"autonomy:{ACTIONS}", "ask")
         legit = {_key(name, args) for name, args, injected in plan.calls if not injected}
         injected_keys = {_key(name, args) for name, args, injected in plan.calls if injected} - legit
         self.model.clear_script()
