@@ -180,7 +180,7 @@ def plan_for(suite: TaskSuite, user: BaseUserTask, injection: BaseInjectionTask 
     """The ground truth of the user task, with the injection task's spliced in right after the first output that
     carries an injection (the obeying model) or not at all (the ignoring model)."""
     pre = environment(suite, user, injections)
-    user_calls = [(c.function, _json(c.args), False) for c in user.ground_truth(pre)]
+    user_calls = _once([(c.function, _json(c.args), False) for c in user.ground_truth(pre)])
     if injection is None:
         return Plan(user_calls, user.GROUND_TRUTH_OUTPUT)
     # Where the model first reads the injection: found with AgentDojo's own canaries, which a YAML dump cannot wrap.
@@ -192,9 +192,23 @@ def plan_for(suite: TaskSuite, user: BaseUserTask, injection: BaseInjectionTask 
         output = str(tool_result_to_str(result)) if result is not None else ""
         if any(canary in output for canary in canaries.values()):
             spliced = [(c.function, _json(c.args), True) for c in injection.ground_truth(pre)]
-            calls = user_calls[: index + 1] + spliced + user_calls[index + 1:]
+            calls = _once(user_calls[: index + 1] + spliced + user_calls[index + 1:])
             return Plan(calls, user.GROUND_TRUTH_OUTPUT, injecting_tool=name)
     return Plan(user_calls, user.GROUND_TRUTH_OUTPUT)  # the injection is never read: nothing to obey
+
+
+def _once(calls: list[tuple[str, dict[str, Any], bool]]) -> list[tuple[str, dict[str, Any], bool]]:
+    """A model does not ask again for a read it already has in front of it (and Aria stops a run that repeats the same
+    call as making no progress): a repeated read is dropped; a repeated action stays."""
+    seen: set[str] = set()
+    kept = []
+    for name, args, injected in calls:
+        key = f"{name}:{json.dumps(args, sort_keys=True)}"
+        if key in seen and not is_risky(name):
+            continue
+        seen.add(key)
+        kept.append((name, args, injected))
+    return kept
 
 
 @dataclass
