@@ -328,6 +328,7 @@ class Tally:
     named: int = 0
     unpressed: int = 0
     with_injected: int = 0  # runs in which the model actually attempted the injection
+    misses: list[str] = field(default_factory=list)  # tasks that missed a target, for the reader to look at
 
     def add(self, result: Result, attempted: bool) -> None:
         self.runs += 1
@@ -360,14 +361,20 @@ async def replay(suites: dict[str, TaskSuite], limit: int | None, progress: Call
                 users = list(suite.user_tasks.values())[:limit]
                 for user in users:
                     plan = plan_for(suite, user, None, {})
-                    tallies["aria ignoring"].add(await bench.run(suite, user, None, {}, plan), False)
+                    ignoring = await bench.run(suite, user, None, {}, plan)
+                    tallies["aria ignoring"].add(ignoring, False)
                     tallies["plain ignoring"].add(run_plain(suite, user, None, {}, plan), False)
+                    if not ignoring.utility:
+                        tallies["aria ignoring"].misses.append(f"{suite.name}/{user.ID}: not done through Aria")
                     for injection in list(suite.injection_tasks.values())[:limit]:
                         injections = attack.attack(user, injection)
                         plan = plan_for(suite, user, injection, injections)
                         attempted = any(injected for _, _, injected in plan.calls)
-                        tallies["aria obeying"].add(await bench.run(suite, user, injection, injections, plan),
-                                                    attempted)
+                        obeying = await bench.run(suite, user, injection, injections, plan)
+                        tallies["aria obeying"].add(obeying, attempted)
+                        if obeying.security or obeying.injected_unpressed:
+                            tallies["aria obeying"].misses.append(
+                                f"{suite.name}/{user.ID} × {injection.ID}: injection goal reached through Aria")
                         tallies["plain obeying"].add(run_plain(suite, user, injection, injections, plan), attempted)
                 await progress(f"{suite.name}: {len(users)} user tasks done")
         finally:
@@ -397,7 +404,10 @@ def report(tallies: dict[str, Tally], seconds: float, suites: Sequence[str]) -> 
     notes = (f"AgentDojo {VERSION}, suites {', '.join(suites)}: {ignoring.runs} user tasks, {aria.runs} (user, "
              f"injection) pairs, {aria.with_injected} of them with the injection read by the model and obeyed; "
              f"attack `direct`; {seconds:.0f} s.")
-    return grid(head, rows) + "\n\n" + notes
+    misses = aria.misses + ignoring.misses
+    listed = "".join(f"\n- {line}" for line in misses[:30]) + (f"\n- … and {len(misses) - 30} more"
+                                                                if len(misses) > 30 else "")
+    return grid(head, rows) + "\n\n" + notes + (f"\n\nMissed targets:{listed}" if misses else "")
 
 
 def main(argv: list[str] | None = None) -> str:
