@@ -273,8 +273,10 @@ class Replay:
         self.world.env = environment(suite, user, injections)
         self.world.trace = []
         pre = self.world.env.model_copy(deep=True)
-        # A rejection demotes the skill (the rollout rule): each task starts again from the suite's own levels.
+        # A rejection demotes the skill (the rollout rule; a rejected egress request demotes the reads): each task
+        # starts again from the suite's own levels.
         self.aria.ledger.set_flag(f"autonomy:{ACTIONS}", "ask")
+        self.aria.ledger.set_flag(f"autonomy:{READS}", "auto")
         legit = {_key(name, args) for name, args, injected in plan.calls if not injected}
         injected_keys = {_key(name, args) for name, args, injected in plan.calls if injected} - legit
         self.model.clear_script()
