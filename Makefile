@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run chat doctor test lint typecheck bench clean
+.PHONY: run chat doctor test lint typecheck bench eval clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ typecheck: $(STAMP)
 
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q
+
+eval: $(STAMP)
+	$(BIN)/aria eval
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

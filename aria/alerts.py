@@ -59,6 +59,12 @@ class Alerts:
         self.tz = aria.settings.tz
         self.factor = aria.settings.anomaly_factor
         self._baselines: dict[Window, tuple[dt.date, dt.datetime, int | None]] = {}
+        aria.budget.on_threshold.append(self.reached)
+
+    def reached(self, day: str, threshold: int) -> None:
+        """A reservation took the day past `threshold` % of its cap, or the cap refused a call (100): the alert is
+        due at the next check even if settled spend stays below the line (a refusal can come at 79 %)."""
+        self.ledger.claim_flag(_reached_key(day, threshold), "reserved" if threshold < 100 else "refused")
 
     def check(self, now: dt.datetime | None = None) -> list[str]:
         """Queue the alerts due now; returns their texts (empty when there is nothing new to say)."""
@@ -66,9 +72,12 @@ class Alerts:
         day = now.astimezone(self.tz).date()
         budget_keys = {t: f"alert:budget:{day.isoformat()}:{t}" for t in THRESHOLDS}
         anomaly_keys = {window: f"alert:anomaly:{day.isoformat()}:{window}" for window in WINDOWS}
-        sent = self.ledger.get_flags([*budget_keys.values(), *anomaly_keys.values()])  # checked after every run
+        reached_keys = {t: _reached_key(day.isoformat(), t) for t in THRESHOLDS}
+        # Checked after every run: one read of the flags says what was sent and what reservations reached.
+        sent = self.ledger.get_flags([*budget_keys.values(), *anomaly_keys.values(), *reached_keys.values()])
+        reached = {t for t, key in reached_keys.items() if key in sent}
         texts: list[str] = []
-        budget = self._budget_alert(day, {t: key for t, key in budget_keys.items() if key not in sent})
+        budget = self._budget_alert(day, {t: key for t, key in budget_keys.items() if key not in sent}, reached)
         if budget is not None:
             texts.append(budget)
         for window, key in anomaly_keys.items():
@@ -83,18 +92,19 @@ class Alerts:
 
     # budget -----------------------------------------------------------------------------------------------
 
-    def _budget_alert(self, day: dt.date, unsent: dict[int, str]) -> str | None:
+    def _budget_alert(self, day: dt.date, unsent: dict[int, str], reached: set[int]) -> str | None:
         if not unsent:
             return None
-        cap = self.aria.budget.day_cap
+        cap = self.aria.budget.day_cap_on(day.isoformat())
         spent = self.aria.budget.day_spent(day.isoformat())
-        fresh = [t for t in THRESHOLDS if spent * 100 >= cap * t and t in unsent]
+        top_reached = max(reached, default=0)
+        fresh = [t for t in THRESHOLDS if (spent * 100 >= cap * t or t <= top_reached) and t in unsent]
         if not fresh:
             return None
         top = fresh[-1]
         skills = spend_summary(self.ledger, day, day, "skill")[:3]
         text = budget_text(top, spent, cap, ", ".join(f"{s.key} {format_usd(s.cost_micros)}" for s in skills),
-                           self.aria.settings.timezone)
+                           self.aria.settings.timezone, refused=100 in reached)
         self._send(unsent[top], text)
         for threshold in fresh[:-1]:
             self.ledger.claim_flag(unsent[threshold], "passed")  # jumped over: no separate alert
@@ -145,6 +155,10 @@ class Alerts:
         self.ledger.claim_flag(flag, "sent")
 
 
+def _reached_key(day: str, threshold: int) -> str:
+    return f"alert:reached:{day}:{threshold}"
+
+
 def _shift(local: dt.datetime, days: int) -> dt.datetime:
     # The same wall-clock time `days` earlier (so a DST change does not move the window), as UTC so that
     # subtracting an hour from it is real time.
@@ -152,13 +166,19 @@ def _shift(local: dt.datetime, days: int) -> dt.datetime:
     return earlier.astimezone(dt.UTC)
 
 
-def budget_text(threshold: int, spent: int, cap: int, top_skills: str, timezone: str) -> str:
+def budget_text(threshold: int, spent: int, cap: int, top_skills: str, timezone: str, *,
+                refused: bool = False) -> str:
     """The alert for a daily-budget threshold."""
     percent = 100 * spent // cap if cap else 100
     mostly = f" Mostly: {top_skills}." if top_skills else ""
     if threshold >= 100:
-        return (f"⛔ Today's budget is used up: {format_usd(spent)} of {format_usd(cap)}. Model calls are refused "
-                f"until midnight ({timezone}).{mostly}")
+        used = (f"{format_usd(spent)} of {format_usd(cap)} spent, too little left for another call"
+                if refused and spent < cap else f"{format_usd(spent)} of {format_usd(cap)}")
+        return (f"⛔ Today's budget is used up: {used}. Model calls are refused until midnight ({timezone}). "
+                f"/budget today +<usd> raises today's cap once.{mostly}")
+    if percent < threshold:  # a reservation crossed the line; what was spent in the end may be less
+        return (f"⚠ Budget: a call reserved past {threshold}% of today's {format_usd(cap)} (spent so far "
+                f"{format_usd(spent)}, {percent}%).{mostly}")
     return f"⚠ Budget: {percent}% of today's {format_usd(cap)} spent ({format_usd(spent)}).{mostly}"
 
 

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import openai
 
@@ -25,6 +26,7 @@ from aria.config import Settings
 from aria.connectors import Connectors
 from aria.digest import DigestService
 from aria.jobs import restore_reminders, schedule_reminder
+from aria.knowledge import Knowledge
 from aria.ledger import Ledger
 from aria.ledger.redact import Redactor
 from aria.llm.budget import Budget
@@ -32,12 +34,16 @@ from aria.llm.client import ModelCaller
 from aria.llm.pricing import PriceBook
 from aria.llm.router import Router
 from aria.llm.stream import Windows
+from aria.llm.transcription import Transcriber, build_transcriber
+from aria.mcp.config import load_mcp_config
+from aria.mcp.hub import McpHub
 from aria.outbox import Outbox
 from aria.policy import load_policy
 from aria.rollout import Rollout
 from aria.runs import RunService
 from aria.scheduler import Scheduler
 from aria.skills import SkillSet, ToolContext, builtin_skills_dir, discover
+from aria.strangers import Strangers
 
 log = logging.getLogger(__name__)
 ReminderHook = Callable[[int, dt.datetime], None]
@@ -61,6 +67,8 @@ class Aria:
     approvals: Approvals
     scheduler: Scheduler
     outbox: Outbox
+    mcp: McpHub
+    knowledge: Knowledge
     started_at: dt.datetime
     version: str = __version__
     on_reminder: ReminderHook | None = None
@@ -70,14 +78,20 @@ class Aria:
     runs: RunService = field(init=False, repr=False)
     rollout: Rollout = field(init=False, repr=False)
     channels: list[Channel] = field(default_factory=list, repr=False)
+    strangers: Strangers = field(default_factory=Strangers, repr=False)  # non-owners warned about today
+    transcriber: Transcriber | None = field(default=None, repr=False)  # voice notes; None while they are off
     _openai: openai.AsyncOpenAI | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, settings: Settings, *, clock: Clock | None = None,
-              sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> Aria:
-        """Wire everything from settings; opening the ledger migrates it."""
+              sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+              mcp_targets: dict[str, Any] | None = None) -> Aria:
+        """Wire everything from settings; opening the ledger migrates it. `mcp_targets` puts in-process MCP servers
+        in place of configured ones (tests)."""
         clock = clock or SystemClock()
-        ledger = Ledger.open(settings.db_path, clock=clock, redactor=Redactor(settings.secrets()))
+        mcp_config = load_mcp_config(settings.mcp_config)  # a bad servers file is a ConfigError naming it
+        ledger = Ledger.open(settings.db_path, clock=clock,
+                             redactor=Redactor([*settings.secrets(), *mcp_config.secrets()]))
         folders = [builtin_skills_dir(), *([settings.skills_dir] if settings.skills_dir else [])]
         skills = discover(folders)
         for broken in skills.broken:
@@ -89,22 +103,31 @@ class Aria:
         board = BreakerBoard(ledger, failure_threshold=settings.breaker_failures,
                              cooldown=settings.breaker_cooldown_seconds)
         connectors = Connectors(ledger, board, tz=settings.tz, sleep=sleep, user_agent=f"Aria/{__version__}")
-        router = Router(settings.model_cheap, settings.model_strong, tuple(settings.model_fallbacks),
+        # The owner's /model choices, kept in the ledger, stand above the settings.
+        router = Router(budget.overrides.model("cheap") or settings.model_cheap,
+                        budget.overrides.model("strong") or settings.model_strong, tuple(settings.model_fallbacks),
                         settings.cheap_only_share)
         client, caller = _model_caller(settings, ledger, budget, board, sleep)
         policy = load_policy(settings.policy_file)
         gate = Gate(ledger, policy, allow_risky_auto=settings.allow_risky_auto, fetch_allow=settings.fetch_allowed)
         approvals = Approvals(ledger, settings.approval_ttl_hours)
+        outbox = Outbox(ledger)
+        hub = McpHub(mcp_config, skills, ledger, board, outbox, settings.owner_ids, log_dir=settings.data_dir / "logs",
+                     targets=mcp_targets)
         runner = ToolRunner(skills, ledger, gate)
+        knowledge = Knowledge(ledger)
         agent = Agent(settings, ledger, skills, budget, caller, router, runner=runner, approvals=approvals,
-                      policy=policy, context_factory=lambda run_id, request: aria.tool_context(run_id, request))
+                      policy=policy, context_factory=lambda run_id, request: aria.tool_context(run_id, request),
+                      knowledge=knowledge)
         aria = cls(settings=settings, ledger=ledger, skills=skills, prices=prices, budget=budget, board=board,
                    connectors=connectors, router=router, caller=caller, agent=agent, gate=gate, approvals=approvals,
-                   scheduler=Scheduler(ledger, settings.tz), outbox=Outbox(ledger), started_at=ledger.now(),
+                   scheduler=Scheduler(ledger, settings.tz), outbox=outbox, mcp=hub, knowledge=knowledge,
+                   started_at=ledger.now(),
                    _openai=client)
         aria.digests = DigestService(aria, aria.outbox)
         aria.alerts = Alerts(aria, aria.outbox)
         aria.runs = RunService(aria)
+        aria.transcriber = build_transcriber(settings, ledger, budget)
         aria.rollout = Rollout(aria)
         runner.on_shadow = aria.rollout.propose
         return aria
@@ -112,7 +135,9 @@ class Aria:
     async def start(self, *channels: Channel) -> None:
         """Start serving `channels`: their delivery first (what an earlier process left undelivered goes out), then
         recovery of what it left unfinished, then the jobs whose state lives in the ledger (reminders, approval
-        expiries, the daily digest) and the scheduler. Every channel (Telegram, `aria chat`) starts this way."""
+        expiries, the daily digest) and the scheduler. Every channel (Telegram, `aria chat`) starts this way. MCP
+        servers connect in the background meanwhile: none delays the first answer."""
+        self.mcp.start()
         for channel in channels:
             self.runs.attach(channel)
             await channel.start()
@@ -131,6 +156,7 @@ class Aria:
         for channel in reversed(self.channels):
             await channel.stop()
         self.channels.clear()
+        await self.mcp.stop()
 
     def tool_context(self, run_id: int, request: Request) -> ToolContext:
         """What a tool of this run may use."""
@@ -140,9 +166,12 @@ class Aria:
     async def aclose(self) -> None:
         """Stop the scheduler, close network clients and the database pool."""
         self.scheduler.shutdown()
+        await self.mcp.stop()
         await self.connectors.aclose()
         if self._openai is not None:
             await self._openai.close()
+        if self.transcriber is not None:
+            await self.transcriber.client.close()
         self.ledger.engine.dispose()
 
 

@@ -1,9 +1,10 @@
-"""The `aria` command: run, chat, doctor, version."""
+"""The `aria` command: run, chat, doctor, digest, eval, mcp, knowledge, version."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -12,8 +13,10 @@ import typer
 from aria import __version__
 from aria.config import Settings, load_settings, require_owner
 from aria.errors import ConfigError
+from aria.knowledge.cli import app as knowledge_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Aria, a personal ops agent on Telegram.")
+app.add_typer(knowledge_app, name="knowledge")
 
 NO_TOKEN = """Telegram is not set up yet. To run the bot:
   1. In Telegram, talk to @BotFather, send /newbot, and copy the token it gives you.
@@ -145,6 +148,83 @@ def digest(
                    else f"No chart written: nothing to chart on {rendered.day:%Y-%m-%d}.", err=True)
     finally:
         asyncio.run(aria.aclose())
+
+
+mcp_app = typer.Typer(add_completion=False, no_args_is_help=True, help="MCP servers: their state, and manual calls.")
+app.add_typer(mcp_app, name="mcp")
+
+
+@mcp_app.command("list")
+def mcp_list() -> None:
+    """Connect to every server in ARIA_MCP_CONFIG and show its state, its tools and their risk."""
+    from aria.mcp.cli import listing
+
+    aria = _build(_settings())
+
+    async def main() -> str:
+        try:
+            return await listing(aria)
+        finally:
+            await aria.aclose()
+
+    typer.echo(asyncio.run(main()))
+
+
+@mcp_app.command("call")
+def mcp_call(
+    server: Annotated[str, typer.Argument(help="The server's name in ARIA_MCP_CONFIG.")],
+    tool: Annotated[str, typer.Argument(help="The tool's name on that server.")],
+    arguments: Annotated[str, typer.Argument(help="The arguments, a JSON object.")] = "{}",
+    yes: Annotated[bool, typer.Option("--yes", help="Run a tool that needs approval without asking.")] = False,
+) -> None:
+    """Call one MCP tool through Aria's tool layer (schema check, gate, timeout, breaker), recorded as a run."""
+    from aria.agent.toolrun import ToolRun
+    from aria.mcp.cli import manual_call
+
+    try:
+        parsed = json.loads(arguments)
+    except json.JSONDecodeError as exc:
+        typer.echo(f"arguments: not valid JSON ({exc.msg})", err=True)
+        raise typer.Exit(2) from None
+    if not isinstance(parsed, dict):
+        typer.echo("arguments: must be a JSON object", err=True)
+        raise typer.Exit(2)
+    aria = _build(_settings())
+    if server not in aria.mcp.servers:
+        typer.echo(f"no MCP server named {server!r}; configured: {', '.join(aria.mcp.servers) or 'none'}", err=True)
+        asyncio.run(aria.aclose())
+        raise typer.Exit(2)
+
+    def confirm(why: str) -> bool:
+        typer.echo(why)
+        return yes or typer.confirm("Run it?", default=False)
+
+    async def main() -> ToolRun:
+        try:
+            return await manual_call(aria, server, tool, json.dumps(parsed), confirm=confirm)
+        finally:
+            await aria.aclose()
+
+    ran = asyncio.run(main())
+    typer.echo(f"{ran.status}: {ran.summary}")
+    if ran.content:
+        typer.echo(ran.content)
+    if ran.status != "ok":
+        raise typer.Exit(1)
+
+
+@app.command(name="eval")
+def eval_(
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Scenario files or folders (default: the shipped suite in evals/).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print only a JSON array of results on stdout.")] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="Send the owner's messages to the configured model; check only the invariants.")] = False,
+) -> None:
+    """Run adversarial scenarios against the real agent loop, gate and ledger in a temporary data folder."""
+    from aria.evals.cli import run_eval
+
+    raise typer.Exit(run_eval(_settings(), paths or [], as_json=as_json, live=live))
 
 
 @app.command()

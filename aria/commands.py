@@ -1,13 +1,17 @@
 """The owner's commands, channel-neutral: Telegram and `aria chat` answer /help, /status, /skills, /digest, /cost,
-/approvals, /pause and /resume from here, and only deliver what comes back."""
+/approvals, /pause, /resume and /mcp from here, and only deliver what comes back."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from aria import control, export, trace
 from aria.agent.outcome import Action
 from aria.errors import LedgerUnavailable
+from aria.knowledge import owner as notes
+from aria.mcp.commands import mcp_text
 from aria.rollout.views import shadow_command
 from aria.scheduler import PAUSED_FLAG
 from aria.views import help_text, set_autonomy, skills_text, status_text
@@ -16,7 +20,8 @@ if TYPE_CHECKING:
     from aria.app import Aria
 
 COST_MAX_DAYS = 90
-NAMES = ("help", "start", "status", "skills", "digest", "cost", "approvals", "pause", "resume", "shadow")
+NAMES = ("help", "start", "status", "skills", "digest", "cost", "approvals", "pause", "resume", "mcp",
+         *notes.COMMANDS, *control.NAMES, "trace", "export", "shadow")
 
 
 @dataclass(frozen=True)
@@ -28,10 +33,15 @@ class Reply:
     actions: list[Action] = field(default_factory=list)
     approval_id: int | None = None  # the approval whose buttons it carries
     purpose: str = "message"
+    document: bytes | None = None  # a file (an export), sent as a document named `file_name`
+    file_name: str | None = None
 
 
-async def answer(aria: Aria, name: str, args: list[str]) -> list[Reply]:
-    """The replies to `/name args`; an unknown name gets the help text."""
+async def answer(aria: Aria, name: str, args: list[str], *, chat_id: int | None = None,
+                 user_id: int | None = None) -> list[Reply]:
+    """The replies to `/name args` from `user_id` in `chat_id`; an unknown name gets the help text."""
+    if name in (*control.NAMES, "trace", "export"):
+        return await owner_control(aria, name, args, chat_id=chat_id, user_id=user_id)
     if name == "status":
         return [Reply(status_text(aria))]
     if name == "skills":
@@ -51,10 +61,14 @@ async def answer(aria: Aria, name: str, args: list[str]) -> list[Reply]:
             return [Reply("No approvals are waiting.")]
         return [Reply(a.summary, actions=aria.runs.request_actions(a), approval_id=a.id, purpose="approval")
                 for a in pending]
+    if name == "mcp":
+        return [Reply(mcp_text(aria.mcp, args))]
     if name == "shadow":
         return [Reply(text, actions=actions) for text, actions in shadow_command(aria, args)]
     if name in ("pause", "resume"):
         return [Reply(_switch(aria, paused=name == "pause"))]
+    if name in notes.COMMANDS:
+        return [Reply(notes.answer(aria.knowledge, name, args))]
     return [Reply(help_text(aria.caller is not None))]
 
 
@@ -66,3 +80,22 @@ def _switch(aria: Aria, *, paused: bool) -> str:
     if paused:
         return "Paused. Risky actions and scheduled actions are skipped (and recorded) until /resume."
     return "Resumed. Actions run again (risky ones still ask)."
+
+
+async def owner_control(aria: Aria, name: str, args: list[str], *, chat_id: int | None,
+                        user_id: int | None) -> list[Reply]:
+    """/new (/clear, /reset), /budget, /model, /trace and /export."""
+    if name in ("new", "clear", "reset"):
+        return [Reply(control.new_conversation(aria, chat_id))]
+    if name == "budget":
+        text, actions = control.budget_command(aria, args, chat_id=chat_id, user_id=user_id)
+        return [Reply(text, actions=actions)]
+    if name == "model":
+        return [Reply(control.model_command(aria, args, chat_id=chat_id, user_id=user_id))]
+    if name == "trace":
+        return [Reply(trace.trace_command(aria, args, chat_id))]
+    days = export.parse_days(args)
+    if days is None:
+        return [Reply(export.USAGE)]
+    files = await asyncio.to_thread(export.export_files, aria, days)
+    return [Reply(f.caption, document=f.data, file_name=f.name, purpose="export") for f in files]

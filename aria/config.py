@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # The answer is previewed as it is written (a draft, or edits of one message) at most once per this many seconds.
     preview_seconds: float = Field(default=1.0, ge=0.1)
     allow_groups: bool = False  # answer an owner in groups and supergroups too (else only private chats)
+    # Documents read from Telegram (text-like files only); 20 MiB is what the Bot API lets a bot download.
+    document_max_bytes: int = Field(default=32 * 1024, ge=1024, le=20 * 1024 * 1024)
 
     # Event ingress (signed webhooks from the owner's systems)
     event_secrets: CommaPairs = Field(default_factory=dict)
@@ -68,6 +70,10 @@ class Settings(BaseSettings):
     llm_first_token_seconds: float = Field(default=120.0, gt=0)
     llm_silence_seconds: float = Field(default=30.0, gt=0)
     prices_file: Path | None = None
+    # Voice notes: transcribed when a model is named, on its own endpoint or the model endpoint above.
+    transcribe_model: str | None = None
+    transcribe_base_url: str | None = None
+    transcribe_usd_per_minute: float | None = Field(default=None, ge=0)
     max_output_tokens: int = Field(default=1024, ge=16)
     min_output_tokens: int = Field(default=64, ge=1)
 
@@ -81,6 +87,11 @@ class Settings(BaseSettings):
     cheap_only_share: float = Field(default=0.8, gt=0, le=1)
     history_tokens: int = Field(default=3_000, ge=0)
 
+    # Knowledge: notes a request gets (tokens at most; 0 sends none), and whether a follow-up question is rewritten
+    # into a standalone query by the cheap model (one short call, within the run's budget) before notes are searched.
+    knowledge_tokens: int = Field(default=800, ge=0)
+    knowledge_rewrite: bool = True
+
     # Breakers
     breaker_failures: int = Field(default=3, ge=1)
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
@@ -93,6 +104,7 @@ class Settings(BaseSettings):
 
     # Skills
     skills_dir: Path | None = None
+    mcp_config: Path | None = None  # a TOML file of MCP servers whose tools join Aria's (aria/mcp/config.py)
     shell_enabled: bool = True  # run_command exists, always behind approval unless the policy allowlists it
     shell_timeout_seconds: float = Field(default=30.0, gt=0)
     shell_env: CommaStrs = Field(default_factory=list)  # names passed to commands beside PATH, HOME, LANG, TZ
@@ -221,7 +233,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an IANA time zone such as Europe/Berlin") from None
         return value
 
-    @field_validator("telegram_api_url", "openai_base_url", "webhook_url")
+    @field_validator("telegram_api_url", "openai_base_url", "webhook_url", "transcribe_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None or value == "":

@@ -12,7 +12,9 @@ from telegram.error import TelegramError
 
 from aria.app import Aria, data_dir_writable
 from aria.config import Settings
+from aria.errors import AriaError
 from aria.netguard import METADATA_ADDRESSES, REFUSED_SUMMARY
+from aria.strangers import refused_users
 
 Verdict = Literal["ok", "warn", "fail"]
 
@@ -30,8 +32,7 @@ async def run_checks(aria: Aria) -> list[Check]:
     """Every check, in order; none raises."""
     settings = aria.settings
     checks = [Check("settings", "ok", f"owners {len(settings.owner_ids)}, time zone {settings.timezone}")]
-    if not settings.owner_ids:
-        checks.append(Check("owners", "warn", "ARIA_OWNER_IDS is empty: the bot would answer nobody"))
+    checks.append(owners(aria))
     writable = data_dir_writable(settings.data_dir)
     checks.append(Check("database", "ok" if writable else "fail",
                         f"{settings.db_path} (WAL, migrated)" if writable else f"{settings.data_dir} is not writable"))
@@ -41,7 +42,51 @@ async def run_checks(aria: Aria) -> list[Check]:
     checks.append(fetch_rule(settings))
     checks.append(await _bot_api(aria))
     checks += await _model_endpoint(aria)
+    checks.append(voice_notes(aria))
+    checks += await _mcp_servers(aria)
     return checks
+
+
+async def _mcp_servers(aria: Aria) -> list[Check]:
+    """Each MCP server in ARIA_MCP_CONFIG: started here, given its timeout to connect, then closed."""
+    from aria.mcp.cli import listing
+    from aria.mcp.views import server_line
+
+    if not aria.mcp.servers:
+        return []
+    await listing(aria)
+    checks = [Check(f"mcp {c.name}", "ok" if c.state == "up" else "fail",
+                    server_line(c) + (f", {len(c.tools)} tools" if c.state == "up" else ""))
+              for c in aria.mcp.servers.values()]
+    await aria.mcp.stop()
+    return checks
+
+
+def owners(aria: Aria) -> Check:
+    """The owner list, and the users the bot refused lately: a typo'd owner id shows up here at once."""
+    ids = aria.settings.owner_ids
+    if not ids:
+        return Check("owners", "fail", "ARIA_OWNER_IDS is empty: the bot would answer nobody (aria run refuses to "
+                     "start); set it to your numeric Telegram user ID")
+    refused = refused_users(aria.ledger)
+    if not refused:
+        return Check("owners", "ok", f"ARIA_OWNER_IDS {', '.join(map(str, ids))}; nobody refused")
+    seen = "; ".join(f"{r.user_id} ({r.updates} update{'s' if r.updates != 1 else ''}, last {r.last:%Y-%m-%d %H:%M} "
+                     f"UTC)" for r in refused)
+    return Check("owners", "warn", f"ARIA_OWNER_IDS {', '.join(map(str, ids))}; last refused users: {seen}. If one "
+                 "of them is you, put that id in ARIA_OWNER_IDS")
+
+
+def voice_notes(aria: Aria) -> Check:
+    """Whether voice notes are transcribed, and at what price a minute (an unpriced model is refused)."""
+    transcriber = aria.transcriber
+    if transcriber is None:
+        return Check("voice notes", "ok", "off (set ARIA_TRANSCRIBE_MODEL to transcribe them)")
+    try:
+        price = transcriber.price()
+    except AriaError as exc:
+        return Check("voice notes", "fail", f"{transcriber.model}: {exc}")
+    return Check("voice notes", "ok", f"{transcriber.model} at ${price.usd:g} a minute ({price.source})")
 
 
 def fetch_rule(settings: Settings) -> Check:

@@ -44,3 +44,19 @@ def restore_reminders(aria: Aria, outbox: Outbox) -> int:
     for reminder in pending:
         schedule_reminder(aria, outbox, reminder.id or 0, reminder.due_at)
     return len(pending)
+
+
+def will_run(aria: Aria, job_id: str) -> bool:
+    """False for a job whose reason went away: the expiry of an approval already decided, a reminder cancelled or
+    fired. Such a job does nothing when it comes, so "Next jobs" leaves it out."""
+    kind, _, raw = job_id.partition(":")
+    if not raw.isdigit():
+        return True
+    if kind == "approval-expiry":
+        approval = aria.approvals.get(int(raw))
+        return approval is not None and approval.status == "pending"
+    if kind == "reminder":
+        with aria.ledger.read() as session:
+            reminder = session.get(Reminder, int(raw))
+        return reminder is not None and reminder.fired_at is None
+    return True

@@ -38,14 +38,15 @@ TEXT_LIMIT = 4096  # Telegram's message limit
 RETRY_BASE = 5.0  # seconds before the first retry of a failed send
 RETRY_CAP = 600.0  # never wait longer than this between attempts
 ERROR_CHARS = 500
-Purpose = Literal["message", "answer", "approval", "approval-edit", "digest", "alert", "reminder", "event", "notice"]
+Purpose = Literal["message", "answer", "approval", "approval-edit", "digest", "alert", "reminder", "event", "notice",
+                  "export"]
 
 
 @dataclass(frozen=True)
 class Part:
     """One message of an outbox row: the photo (with its caption) or a text chunk."""
 
-    kind: Literal["photo", "text"]
+    kind: Literal["photo", "document", "text"]
     text: str | None
 
 
@@ -64,13 +65,14 @@ def split_text(text: str, limit: int = TEXT_LIMIT) -> list[str]:
     return chunks
 
 
-def message_parts(text: str, *, photo: bool) -> list[Part]:
-    """How a row is sent: text in chunks of at most 4096 characters; a photo first, captioned with as much of the
-    text as fits in 1024 characters, the rest following as text."""
-    if not photo:
+def message_parts(text: str, *, photo: bool, document: bool = False) -> list[Part]:
+    """How a row is sent: text in chunks of at most 4096 characters; a photo (or document) first, captioned with as
+    much of the text as fits in 1024 characters, the rest following as text."""
+    if not (photo or document):
         return [Part("text", chunk) for chunk in split_text(text)]
-    caption, rest = caption_split(text)
-    return [Part("photo", caption or None), *(Part("text", chunk) for chunk in (split_text(rest) if rest else []))]
+    caption, rest = caption_split(text) if text.strip() else ("", "")
+    return [Part("document" if document else "photo", caption or None),
+            *(Part("text", chunk) for chunk in (split_text(rest) if rest else []))]
 
 
 def caption_split(text: str, limit: int = CAPTION_LIMIT) -> tuple[str, str]:
@@ -135,13 +137,19 @@ class Outbox:
                actions: list[Action] | None = None, parse_mode: str | None = None, purpose: Purpose = "message",
                run_id: int | None = None, dedupe_key: str | None = None, channel: str = "telegram",
                approval_id: int | None = None, edit_message_id: int | None = None,
-               kind: OutboxKind | None = None) -> dict[str, Any]:
-        """A new row's column values (for `insert` inside a caller's transaction)."""
-        if not text.strip() and photo is None:
-            raise ValueError("an outbox message needs text or a photo")
+               kind: OutboxKind | None = None, document: bytes | None = None,
+               file_name: str | None = None) -> dict[str, Any]:
+        """A new row's column values (for `insert` inside a caller's transaction). A `document` (a file, named
+        `file_name`) goes as a Telegram document, its text as the caption."""
+        if not text.strip() and photo is None and document is None:
+            raise ValueError("an outbox message needs text, a photo or a document")
+        if document is not None and (photo is not None or not file_name):
+            raise ValueError("a document needs a file name and cannot carry a photo too")
         now = self.ledger.now()
-        return {"chat_id": chat_id, "kind": kind or ("photo" if photo is not None else "text"),
-                "text": self.ledger.redact(text) or "", "payload": photo, "reply_markup": _actions_json(actions),
+        default_kind: OutboxKind = "document" if document is not None else "photo" if photo is not None else "text"
+        return {"chat_id": chat_id, "kind": kind or default_kind, "file_name": file_name,
+                "text": self.ledger.redact(text) or "", "payload": photo if document is None else document,
+                "reply_markup": _actions_json(actions),
                 "dedupe_key": dedupe_key, "created_at": now, "next_attempt_at": now, "attempts": 0,
                 "purpose": purpose, "parse_mode": parse_mode, "run_id": run_id, "status": "pending",
                 "channel": channel, "approval_id": approval_id, "edit_message_id": edit_message_id}

@@ -118,11 +118,13 @@ class RunService:
 
     async def reply(self, channel: Channel, chat_id: int, text: str, *, photo: bytes | None = None,
                     actions: list[Action] | None = None, purpose: str = "message",
-                    approval_id: int | None = None) -> int | None:
+                    approval_id: int | None = None, document: bytes | None = None,
+                    file_name: str | None = None) -> int | None:
         """A command's reply, written before it is sent; sent directly when the ledger cannot be written."""
         try:
             row_id = self.outbox.enqueue(chat_id, text, photo=photo, actions=actions, purpose=purpose,
-                                         channel=channel.name, approval_id=approval_id)
+                                         channel=channel.name, approval_id=approval_id, document=document,
+                                         file_name=file_name)
         except LedgerUnavailable:
             await channel.tell_directly(chat_id, text)
             return None
@@ -145,6 +147,7 @@ class RunService:
             self.mark_approval(approval, "Expired: not run.")
             await self.resume(approval, channel)
         elif result in ("approved", "rejected"):
+            self.aria.scheduler.cancel(f"approval-expiry:{approval.id}")  # decided: its expiry will never come
             self.mark_approval(approval, f"{'Approved' if result == 'approved' else 'Rejected'} by you.")
             await self.resume(approval, channel)
         if result == "rejected":  # a critical miss: the skill goes down a level at once, and the owner is told

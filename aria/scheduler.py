@@ -23,6 +23,14 @@ from aria.ledger import Ledger, Run
 log = logging.getLogger(__name__)
 JobFunc = Callable[..., Awaitable[Any]]
 PAUSED_FLAG = "paused"
+NOTHING_DUE = "nothing_due"  # the stop reason of a job that found nothing to do: recorded, never counted as work
+
+
+class NothingDue:
+    """What a job returns when it found nothing to do (a catch-up that missed nothing)."""
+
+
+NOOP = NothingDue()
 
 
 class Scheduler:
@@ -95,6 +103,9 @@ class Scheduler:
             self.ledger.add_failure("scheduler", exc, "recorded", run_id=run_id)
             self.ledger.finish_run(run_id, "failed", stop_reason="error", final_text=f"{job_id} failed: {exc}")
             return "failed"
+        if result is NOOP:
+            self.ledger.finish_run(run_id, "skipped", stop_reason=NOTHING_DUE, final_text=f"{job_id}: nothing to do")
+            return "skipped"
         self.ledger.finish_run(run_id, "ok", stop_reason="done",
                                final_text=str(result)[:500] if result is not None else job_id)
         return "ok"

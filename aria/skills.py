@@ -90,7 +90,7 @@ class ToolSpec:
 
     def schema(self) -> dict[str, Any]:
         """The OpenAI function-tool definition, compact: no titles, no empty fields."""
-        params = _strip_titles(self.input_model.model_json_schema())
+        params = strip_titles(self.input_model.model_json_schema())
         return {
             "type": "function",
             "function": {"name": self.name, "description": self.description, "parameters": params},
@@ -289,10 +289,10 @@ def discover(folders: list[Path]) -> SkillSet:
     return found
 
 
-def _strip_titles(schema: Any) -> Any:
+def strip_titles(schema: Any) -> Any:
     """Drop pydantic's `title` keys: they cost tokens and tell the model nothing the name doesn't."""
     if isinstance(schema, dict):
-        return {k: _strip_titles(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))}
+        return {k: strip_titles(v) for k, v in schema.items() if not (k == "title" and isinstance(v, str))}
     if isinstance(schema, list):
-        return [_strip_titles(v) for v in schema]
+        return [strip_titles(v) for v in schema]
     return schema

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Literal, TextIO
 
 from aria import commands
@@ -75,15 +76,24 @@ class TerminalChannel:
             text = row.text
             if row.kind == "edit":
                 text = f"(approval message) {text}"
-            if row.payload is not None:
+            if row.kind == "document" and row.payload is not None:
+                exports = self.aria.settings.data_dir / "exports"
+                exports.mkdir(parents=True, exist_ok=True)
+                path = exports / Path(row.file_name or f"export-{row.id}").name
+                path.write_bytes(row.payload)
+                text = f"{text}\n(file saved to {path})"
+            elif row.payload is not None:
                 self._charts.mkdir(parents=True, exist_ok=True)
                 path = self._charts / f"chart-{row.id}.png"
                 path.write_bytes(row.payload)
                 text = f"{text}\n(chart saved to {path})"
             if row.approval_id is not None:
                 text = f"{text}\n(/approve {row.approval_id} or /reject {row.approval_id})"
-            elif row.reply_markup and "retry:again:" in row.reply_markup and row.run_id is not None:
+            elif row.reply_markup and "retry:" in row.reply_markup and row.run_id is not None:
                 text = f"{text}\n(send the request again to retry)"
+            elif row.reply_markup and '"cfg:' in row.reply_markup:
+                change = row.reply_markup.split('"cfg:', 1)[1].split(":", 1)[0]
+                text = f"{text}\n(/budget confirm {change} or /budget cancel {change})"
             elif row.reply_markup and f'"continue:{row.run_id}"' in row.reply_markup:
                 text = f"{text}\n(/continue to carry on)"
             self.out.write(f"aria> {text}\n")
@@ -152,9 +162,11 @@ async def _answer(aria: Aria, channel: TerminalChannel, text: str) -> None:
             await channel.tell_directly(TERMINAL_CHAT_ID, "No answer is waiting to be continued.")
         return
     if command:
-        for reply in await commands.answer(aria, command, words[1:]):
+        for reply in await commands.answer(aria, command, words[1:], chat_id=TERMINAL_CHAT_ID,
+                                           user_id=TERMINAL_USER):
             await aria.runs.reply(channel, TERMINAL_CHAT_ID, reply.text, photo=reply.photo, purpose=reply.purpose,
-                                  approval_id=reply.approval_id)
+                                  approval_id=reply.approval_id, actions=reply.actions, document=reply.document,
+                                  file_name=reply.file_name)
         return
     await aria.runs.handle(Request(text=text, trigger="message", channel=CHANNEL, chat_id=TERMINAL_CHAT_ID,
                                    user_id=TERMINAL_USER), channel)

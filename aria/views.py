@@ -8,8 +8,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func
 from sqlmodel import col, select
 
+from aria.digest.data import NOT_NOOP
+from aria.knowledge import owner as notes
 from aria.ledger import MICROS, Event, Failure, Run
 from aria.ledger.reports import local_day_bounds
+from aria.mcp.views import skill_state
+from aria.mcp.views import status_lines as mcp_status_lines
 
 if TYPE_CHECKING:
     from aria.app import Aria
@@ -24,6 +28,13 @@ COMMANDS: list[tuple[str, str]] = [
     ("shadow", "what skills in shadow mode proposed, agreement, promotions"),
     ("pause", "stop every risky and scheduled action"),
     ("resume", "let actions run again"),
+    ("mcp", "MCP servers and their tools; /mcp accept|keep <tool> after a tool's definition changed"),
+    *notes.HELP,
+    ("new", "start a new conversation (earlier messages are no longer sent to the model)"),
+    ("budget", "caps, spend today and what is left; /budget day|request <usd>, /budget today +<usd>"),
+    ("model", "models, circuits and spend; /model cheap|strong <name> switches"),
+    ("trace", "what a run did, step by step: /trace [run id]"),
+    ("export", "runs, spend and failures as CSV files: /export [days]"),
 ]
 LEVELS = ("shadow", "ask", "auto")
 
@@ -42,6 +53,9 @@ def skills_text(aria: Aria) -> str:
     lines: list[str] = []
     for skill in aria.skills.skills:
         lines.append(f"{skill.name}: {skill.description}")
+        server = skill_state(aria.mcp, skill.name)
+        if server is not None:
+            lines.append(f"  {server}")
         lines += [f"  • {t.name} ({t.risk}, {aria.gate.autonomy(t)})" for t in skill.tools]
     for broken in aria.skills.broken:
         lines.append(f"⚠ {broken.name} failed to load: {broken.error}")
@@ -69,7 +83,7 @@ def status_text(aria: Aria) -> str:
                                                                   col(Run.channel) != "scheduler")
                            .group_by(Run.status)).all())
         jobs = s.exec(select(func.count()).select_from(Run).where(Run.started_at >= local_midnight,
-                                                                  col(Run.channel) == "scheduler")).one()
+                                                                  col(Run.channel) == "scheduler", NOT_NOOP)).one()
         failures = s.exec(select(func.count()).select_from(Failure).where(Failure.created_at >= local_midnight)).one()
         events = dict(s.exec(select(Event.status, func.count()).where(Event.received_at >= local_midnight,
                                                                       ~col(Event.source).startswith("telegram"))
@@ -80,8 +94,8 @@ def status_text(aria: Aria) -> str:
     lines = [
         f"Aria {aria.version}, up {_duration(uptime)}",
         *_ledger_lines(aria),
-        f"Model endpoint: {endpoint} (cheap {aria.settings.model_cheap}, strong {aria.settings.model_strong})",
-        f"Spend today: ${spent / MICROS:.4f} of ${aria.settings.day_max_usd:.2f} "
+        f"Model endpoint: {endpoint} (cheap {aria.router.cheap}, strong {aria.router.strong})",
+        f"Spend today: ${spent / MICROS:.4f} of ${aria.budget.day_cap / MICROS:.2f} "
         f"({_share(spent, aria.budget.day_cap)})",
         "Runs today: " + (", ".join(f"{k} {v}" for k, v in sorted(runs.items())) or "none"),
         f"Failures today: {failures}",
@@ -97,6 +111,7 @@ def status_text(aria: Aria) -> str:
     lines += aria.digests.status_lines()
     if events:
         lines.append("Events today: " + ", ".join(f"{k} {v}" for k, v in sorted(events.items())))
+    lines += mcp_status_lines(aria.mcp)
     if aria.skills.broken:
         lines.append("Broken skills: " + ", ".join(b.name for b in aria.skills.broken))
     return "\n".join(lines)

@@ -47,6 +47,9 @@ BENCHES = (
     Bench("budget", "7. Budget precision", "bench.budget_precision", quick=("--runs", "100", "--per-day", "25")),
     Bench("crash", "8. Crashes: SIGKILL and restart", "bench.crash", quick=("--kills", "6")),
     Bench("attacks", "9. Attack success rate, model fully hijacked", "bench.attacks", quick=("--per-class", "3")),
+    Bench("streaming", "10. Time to first visible text, streamed", "bench.streaming", quick=("--turns", "2")),
+    Bench("mcp", "11. Lean context with 100 MCP tools", "bench.mcp_context"),
+    Bench("knowledge", "12. Knowledge retrieval against plain BM25", "bench.knowledge", quick=("--sizes", "1000")),
 )
 
 

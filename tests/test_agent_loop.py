@@ -66,7 +66,8 @@ async def test_runaway_tool_loop_stops_at_the_dollar_cap(make_aria: MakeAria, fa
     assert outcome.status == "budget_exhausted" and outcome.stop_reason == "budget"
     assert outcome.text.startswith("I don't know: the budget ran out")
     assert _run_spend(aria, outcome.run_id) <= 2_000
-    assert [a.label for a in outcome.actions] == ["Retry with strong model", "Allow more budget once"]
+    # Money ran out: more budget can help; the (dearer) strong model cannot.
+    assert [a.label for a in outcome.actions] == ["Allow more budget once"]
 
 
 async def test_step_cap_ends_with_a_wrap_up_answer(make_aria: MakeAria, fake_openai: Any, probe_skills: Path) -> None:
@@ -325,7 +326,7 @@ async def test_history_after_a_handoff_has_no_budget_footer(make_aria: MakeAria,
     fake_openai.enqueue_tool_call("handoff", {"reason": "I have no access to your calendar", "known": "It is Monday."})
     aria = make_aria(model_strong="gpt-4o-mini")
     first = await aria.agent.run(Request("what is on my calendar?", chat_id=5))
-    assert "Budget used: $" in first.text
+    assert "Budget used: " in first.text
     fake_openai.enqueue_text("ok")
     await aria.agent.run(Request("and tomorrow?", chat_id=5))
     history = _history(fake_openai)

@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest
 
 from bench import __main__ as runner
-from bench import budget_precision, idle, memory, startup, telegram_turn, turn
+from bench import (
+    budget_precision,
+    idle,
+    knowledge,
+    mcp_context,
+    memory,
+    startup,
+    streaming,
+    telegram_turn,
+    turn,
+)
 
 
 def test_telegram_turn_times_the_floor_and_both_ways_of_chatting_with_aria() -> None:
@@ -20,11 +30,23 @@ def test_telegram_turn_times_the_floor_and_both_ways_of_chatting_with_aria() -> 
     assert "| Aria, a new chat each turn |" in report
 
 
+def test_streaming_times_first_visible_text_against_the_non_streamed_answer() -> None:
+    report = streaming.main(["--turns", "1", "--delay", "0.005"])
+    assert "| sendMessageDraft |" in report and "| edits of one message (no drafts) |" in report
+    assert "non-streamed time to answer (baseline)" in report
+
+
 def test_fixed_context_reports_the_hello_prompt_and_the_loop_against_a_bare_call() -> None:
     report = turn.main(["--turns", "3"])
     assert "prompt tokens for 'hello'" in report
     assert "prompt tokens for a one-tool request" in report
     assert "one bare openai call" in report
+
+
+def test_mcp_context_reports_hello_and_a_one_tool_request_with_100_mcp_tools() -> None:
+    report = mcp_context.main([])
+    assert "| MCP tools installed | 100 (one stdio server) |" in report
+    assert "prompt tokens for 'hello'" in report and "prompt tokens for a one-tool request" in report
 
 
 def test_memory_reads_the_floor_and_both_aria_processes_at_every_checkpoint() -> None:
@@ -60,6 +82,15 @@ def test_idle_counts_calls_in_both_modes_and_for_the_naive_poller() -> None:
     assert "Aria, webhook: Bot API calls per 10 min / per hour | 0 / 0 |" in report
     assert "| Aria, model calls while idle (polling / webhook) | 0 / 0 |" in report
     assert "baseline, naive 1 s poller" in report
+
+
+def test_knowledge_reports_every_figure_beside_plain_bm25() -> None:
+    report = knowledge.main(["--sizes", "300"])
+    for figure in ("recall@5 (all", "failures (held out)", "nDCG@10", "stale-fact rate", "unanswerable declined",
+                   "notes sent per answered question", "dump-everything baseline"):
+        assert figure in report
+    assert "| figure | Aria | plain BM25 | target |" in report
+    assert "| 300 |" in report and "plain BM25 p50 / p95" in report
 
 
 def test_runner_writes_the_chosen_sections_with_machine_and_date(tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ def test_reservations_of_dead_runs_are_closed_as_estimated_cost(tmp_path: Path) 
 def test_the_reads_of_every_turn_are_served_by_indexes(tmp_path: Path) -> None:
     # A year of runs must not make a turn slower: the history and the day's spend are index look-ups, not scans.
     engine = create_ledger_engine(tmp_path / "aria.db")
-    statements = {"ix_run_chat": LATEST_EXCHANGES.params(chat_id=5, before=2**62),
+    statements = {"ix_run_chat": LATEST_EXCHANGES.params(chat_id=5, before=2**62, after=0),
                   "ix_spend_day_counted": DAY_TOTAL.params(day="x")}
     with engine.connect() as conn:
         for index, statement in statements.items():

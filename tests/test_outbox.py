@@ -326,7 +326,7 @@ async def test_stop_lets_the_message_in_flight_finish_and_be_marked(
 
 
 def test_enqueue_needs_text_or_photo(outbox: Outbox) -> None:
-    with pytest.raises(ValueError, match="text or a photo"):
+    with pytest.raises(ValueError, match="text, a photo or a document"):
         outbox.enqueue(OWNER, "   ")
 
 

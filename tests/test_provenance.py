@@ -207,7 +207,7 @@ async def test_a_run_that_read_nothing_untrusted_asks_and_fetches_as_before(make
     clean = await aria.agent.run(Request("run the command systemctl restart nginx"))
     assert clean.text == ("Approval needed: Run `systemctl restart nginx` on this host\n"
                           "Why: these arguments are not a read-only form of systemctl the policy lists.\n"
-                          "This request expires in 24 h.")
+                          f"This request expires in 24 h. Run {clean.run_id}: /trace {clean.run_id}")
     assert _guard_steps(aria, clean.run_id, "untrusted") == []
     approval = next(a for a in _approvals(aria) if a.run_id == clean.run_id)
     assert "Read before asking: nothing untrusted" in details_text(aria, approval.id or 0)

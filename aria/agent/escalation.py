@@ -66,7 +66,8 @@ class Escalation:
         if state.provenance.tainted:  # the owner judges the action knowing who may have asked for it
             lines += [f"⚠️ Requested {state.provenance.after()}: content that is not your own words.",
                       *in_full(spec, arguments)]
-        lines += [f"Why: {ran.reason}.", f"This request expires in {hours:g} h."]
+        lines += [f"Why: {ran.reason}.", f"This request expires in {hours:g} h. Run {state.scope.run_id}: "
+                  f"/trace {state.scope.run_id}"]
         text = "\n".join(lines)
         actions = [Action("Approve", callback_data(approval, "a")), Action("Reject", callback_data(approval, "r")),
                    Action("Details", callback_data(approval, "d"))]

@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
 
+from aria.conversation import boundary
 from aria.ledger import Run
 from aria.llm.tokens import estimate_tokens
 
@@ -17,7 +18,8 @@ _RUNS = Run.__table__  # type: ignore[attr-defined]
 LATEST_EXCHANGES = (
     select(_RUNS.c.request, _RUNS.c.answer)
     .where(_RUNS.c.chat_id == bindparam("chat_id"), _RUNS.c.status.in_(_ANSWERED),
-           _RUNS.c.trigger.in_(("message", "command")), _RUNS.c.id < bindparam("before"))
+           _RUNS.c.trigger.in_(("message", "command")), _RUNS.c.id < bindparam("before"),
+           _RUNS.c.id > bindparam("after"))
     .order_by(_RUNS.c.id.desc()).limit(_LOOKBACK)
 )
 
@@ -35,7 +37,9 @@ class History:
             return []
         kept: list[dict[str, Any]] = []
         left = self.budget
-        for request, answer in conn.execute(LATEST_EXCHANGES, {"chat_id": chat_id, "before": before_run}):
+        after = boundary(conn, chat_id)  # /new: nothing from before the current conversation
+        for request, answer in conn.execute(LATEST_EXCHANGES, {"chat_id": chat_id, "before": before_run,
+                                                               "after": after}):
             cost = estimate_tokens(request) + estimate_tokens(answer or "")
             if cost > left:
                 break

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 from sqlalchemy import Connection
 
+from aria.agent.buttons import Buttons
 from aria.agent.editor import Editor
 from aria.agent.escalation import Escalation
 from aria.agent.history import History
@@ -31,16 +32,18 @@ from aria.agent.outcome import (
     OutcomeStatus,
     StopReason,
     continue_action,
-    retry_actions,
 )
 from aria.agent.prompts import CONTINUE, WRAP_UP, system_prompt
 from aria.agent.provenance import Provenance, named_hosts, owner_texts
+from aria.agent.recall import NoteRecall
 from aria.agent.state import Request, RunState
 from aria.agent.toolrun import HANDOFF_SCHEMA, LIST_TOOLS_SCHEMA, HandoffArgs, ToolRun, ToolRunner, canonical
 from aria.approvals import Approvals
 from aria.config import Settings
 from aria.errors import AlreadyHandled, BudgetExhausted, LedgerUnavailable, PriceUnknown
-from aria.ledger import MICROS, Approval, Ledger, Run, Step
+from aria.knowledge import Knowledge
+from aria.ledger import Approval, Ledger, Run, Step
+from aria.ledger.reports import format_usd
 from aria.llm.budget import Budget, Caps, caps_from_settings
 from aria.llm.client import AllModelsFailed, CallScope, ChatResult, ModelCaller, ToolCallRequest
 from aria.llm.router import Router
@@ -67,7 +70,8 @@ class Agent:
 
     def __init__(self, settings: Settings, ledger: Ledger, skills: SkillSet, budget: Budget,
                  caller: ModelCaller | None, router: Router, *, runner: ToolRunner, approvals: Approvals,
-                 policy: Policy, context_factory: Callable[[int, Request], ToolContext]) -> None:
+                 policy: Policy, context_factory: Callable[[int, Request], ToolContext],
+                 knowledge: Knowledge | None = None) -> None:
         self.settings = settings
         self.ledger = ledger
         self.skills = skills
@@ -77,26 +81,39 @@ class Agent:
         self.tools = runner
         self.policy = policy
         self.history = History(settings.history_tokens)
+        self.buttons = Buttons(
+            router=lambda: self.router,
+            circuit_open=lambda model: caller is not None
+            and caller.board.get(caller.breaker_key(model)).state == "open",
+            raise_by=lambda: budget.raise_for(caps_from_settings(settings, budget.overrides).micros))
         self.escalation = Escalation(ledger, approvals, runner)
         self._context = context_factory
+        self.recall = NoteRecall(knowledge, settings, ledger, runner, caller, router) if knowledge else None
         self.active: set[int] = set()  # runs this process is working on now
         if settings.draft_review and caller is not None:
             runner.reviewer = Editor(caller, router.cheap).review
+
+    def use_router(self, router: Router) -> None:
+        """Route with other models from the next request on (the owner's /model); the editor follows the cheap one."""
+        self.router = router
+        if self.settings.draft_review and self.caller is not None:
+            self.tools.reviewer = Editor(self.caller, router.cheap).review
 
     async def run(self, request: Request, progress: Progress | None = None, *, reply: Reply | None = None) -> Outcome:
         """Handle one request end to end; always returns an Outcome (cancellation marks the run interrupted).
         LedgerUnavailable propagates (nothing was, or can be, recorded), and AlreadyHandled when the recorded
         message it answers was taken by another run (no run is opened)."""
         request = replace(request, text=clean_text(request.text))
-        caps = self._caps(request)
+        route = self.router.route(request.text, escalate=request.escalate)
         # One transaction opens the run and reads what its first call needs: the chat's history (read before the
         # run exists, so it is not its own) and the day's spend, which decides the models.
         with self.ledger.write_conn() as conn:
+            caps = self._caps(request, conn)  # the owner's /budget request cap, read with the rest
             past = self.history.messages(conn, request.chat_id)
             day_spent = self.budget.spent_on(conn, self.budget.today())
             run_id = self.ledger.record_run(conn, {
                 "trigger": request.trigger, "channel": request.channel, "chat_id": request.chat_id,
-                "user_id": request.user_id, "request": request.text, "cap_tokens": caps.tokens,
+                "user_id": request.user_id, "request": request.text, "route": route, "cap_tokens": caps.tokens,
                 "cap_micros": caps.micros, "cap_steps": caps.steps, "cap_seconds": caps.seconds,
             })
             if request.intake_id is not None and not self.ledger.take_intake(conn, request.intake_id, run_id):
@@ -107,7 +124,10 @@ class Agent:
             if self.caller is None:
                 return self._handoff(scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
                                      "no_model", actions=False)
-            return await self._loop(self._start(request, scope, past, day_spent), progress)
+            state = self._start(request, scope, past, day_spent)
+            if self.recall is not None:
+                await self.recall.attach(state, past)
+            return await self._loop(state, progress)
 
         return await self._guarded(run_id, body, reply)
 
@@ -140,6 +160,7 @@ class Agent:
         request = Request(text=run.request, trigger=run.trigger, channel=run.channel, chat_id=run.chat_id,
                           user_id=run.user_id)
         self.ledger.reopen_run(run_id)
+        past: list[dict[str, Any]] = []
         if run.checkpoint:
             state = RunState.from_json(json.loads(run.checkpoint), self.skills, next_seq=run.steps + 1)
         else:
@@ -155,6 +176,8 @@ class Agent:
             if self.caller is None:
                 return self._handoff(state.scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
                                      "no_model", actions=False)
+            if not run.checkpoint and self.recall is not None:  # started again from its request: notes again
+                await self.recall.attach(state, past)
             return await self._loop(state, progress)
 
         return await self._guarded(run_id, body, reply)
@@ -180,7 +203,8 @@ class Agent:
             log.exception("run %s failed", run_id)
             self.ledger.add_failure("agent", exc, "reported", run_id=run_id)
             outcome = Outcome(run_id, "failed", f"Something broke on my side ({type(exc).__name__}); it is "
-                              f"recorded as run {run_id}. Nothing was done after the failure.", "error")
+                              f"recorded as run {run_id} (/trace {run_id}). Nothing was done after the failure.",
+                              "error")
         finished = outcome  # bound for the closure: the reply written with the run is this outcome's
         self.ledger.finish_run(run_id, outcome.status, stop_reason=outcome.stop_reason, final_text=outcome.text,
                                answer=outcome.answer, model=outcome.model, checkpoint=outcome.keep_state,
@@ -191,8 +215,8 @@ class Agent:
         """Save the run's state after a completed step, so a crash resumes from here rather than from the start."""
         self.ledger.save_checkpoint(state.scope.run_id, json.dumps(state.to_json(), ensure_ascii=False))
 
-    def _caps(self, request: Request) -> Caps:
-        caps = caps_from_settings(self.settings)
+    def _caps(self, request: Request, conn: Connection) -> Caps:
+        caps = caps_from_settings(self.settings, self.budget.overrides, conn)
         factor = max(1.0, request.budget_factor)
         return replace(caps, tokens=int(caps.tokens * factor), micros=int(caps.micros * factor),
                        steps=int(caps.steps * factor))
@@ -202,7 +226,8 @@ class Agent:
         stop = await self._handle_calls(state, progress)  # calls left over from before an approval
         while stop is None:
             if state.model_calls >= state.scope.caps.steps:
-                return await self._wrap_up(state, f"it took more than {state.scope.caps.steps} steps", "steps")
+                return await self._wrap_up(state, f"it needed more than {state.scope.caps.steps} model calls",
+                                           "steps")
             if time.monotonic() >= state.scope.deadline:
                 return await self._wrap_up(state, "the time limit for this request ran out", "seconds")
             try:
@@ -211,12 +236,14 @@ class Agent:
                                                 min_tokens=self.settings.min_output_tokens,
                                                 on_text=progress.draft if progress is not None else None)
             except BudgetExhausted as exc:
+                state.cap = exc.cap
                 return await self._wrap_up(state, f"the budget ran out ({exc.detail})", "budget")
             except PriceUnknown as exc:
                 return self._handoff(state.scope, state.tried, str(exc), "models_failed", actions=False)
             except AllModelsFailed as exc:
                 state.tried += [Attempt(f"model {m}", "failed", False) for m in state.scope.models_tried]
-                return self._handoff(state.scope, state.tried, f"no model could answer ({exc})", "models_failed")
+                return self._handoff(state.scope, state.tried, f"no model could answer ({exc})", "models_failed",
+                                     state=state)
             state.model_calls += 1
             state.model = result.model
             if not result.tool_calls:
@@ -254,6 +281,8 @@ class Agent:
         state.escalated, state.route = True, "strong"
         state.models = self.router.chain("strong")
         state.corrections = 0
+        with self.ledger.write_conn() as conn:
+            self.ledger.update_row(conn, Run, state.scope.run_id, {"route": "strong"})
         self.ledger.add_step(Step(run_id=state.scope.run_id, seq=next(state.scope.seq), kind="guard",
                                   name="escalate", status="ok", started_at=self.ledger.now(),
                                   result=f"to {self.router.strong}: {why}"))
@@ -274,7 +303,7 @@ class Agent:
             key = canonical(call)
             if key in state.seen:
                 return self._handoff(state.scope, state.tried, f"no progress: {call.name} was asked for again with "
-                                     "the same arguments", "no_progress")
+                                     "the same arguments", "no_progress", state=state)
             state.seen.add(key)
             if call.name == "list_tools":
                 state.tools = dict(self.skills.tools)
@@ -303,7 +332,8 @@ class Agent:
             state.revisions += 1
             if state.revisions > 1:
                 return self._handoff(state.scope, state.tried, f"the draft for {call.name} was rejected twice by the "
-                                     f"editor (rule '{ran.rule}': {ran.reason}); it was not sent", "handoff")
+                                     f"editor (rule '{ran.rule}': {ran.reason}); it was not sent", "handoff",
+                                     actions=False)
             state.blocked.append(f"a draft for {call.name} was sent back by rule '{ran.rule}': {ran.reason}")
         elif ran.status == "blocked":
             state.blocked.append(f"{call.name} was blocked by policy rule '{ran.rule}': {ran.reason}")
@@ -311,7 +341,7 @@ class Agent:
             state.corrections += 1
             if state.corrections > 1 and not self._escalate(state, "invalid tool calls"):
                 return self._handoff(state.scope, state.tried, "the model kept sending invalid tool calls "
-                                     "after one correction", "invalid_arguments")
+                                     "after one correction", "invalid_arguments", state=state)
         state.messages.append(_tool_message(call, ran.content))
         return None
 
@@ -322,7 +352,7 @@ class Agent:
         if not part.strip():
             why = ("the model used its whole output limit before writing an answer (ARIA_MAX_OUTPUT_TOKENS)" if cut
                    else "the model returned an empty answer")
-            return self._handoff(state.scope, state.tried, why, "models_failed")
+            return self._handoff(state.scope, state.tried, why, "models_failed", state=state)
         # What later history recalls: the whole answer, however many parts it took.
         answer = (state.written + part) if state.written else part.strip()
         text = f"…{part.lstrip()}" if state.written else part.strip()  # a continued part picks up mid-answer
@@ -376,42 +406,52 @@ class Agent:
             args = HandoffArgs(reason="the model could not answer reliably")
         tried = state.tried + [Attempt(t, "see above", False) for t in args.tried]
         return self._handoff(state.scope, tried, args.reason.rstrip("."), "handoff", known=args.known,
-                             model=state.model)
+                             model=state.model, state=state)
 
     async def _wrap_up(self, state: RunState, reason: str, stop: StopReason) -> Outcome:
         """One tool-less call to summarise what was found, if its reservation fits; else a templated handoff."""
         assert self.caller is not None
         messages = [*state.messages, {"role": "user", "content": WRAP_UP}]
+        # Only money is "budget exhausted"; a step or time cap is a handoff with its own stop reason.
+        status: OutcomeStatus = "budget_exhausted" if stop == "budget" else "handoff"
         try:
             result = await self.caller.chat(state.scope, messages, [], state.models[:1],
                                             want_tokens=min(400, self.settings.max_output_tokens),
                                             min_tokens=self.settings.min_output_tokens)
         except (BudgetExhausted, AllModelsFailed, PriceUnknown):
-            return self._handoff(state.scope, state.tried, reason, stop, status="budget_exhausted")
+            return self._handoff(state.scope, state.tried, reason, stop, status=status, state=state)
         return self._handoff(state.scope, state.tried, reason, stop, known=result.text or "",
-                             status="budget_exhausted", model=result.model)
+                             status=status, model=result.model, state=state)
 
     def _handoff(self, scope: CallScope, tried: list[Attempt], reason: str, stop: StopReason, *, known: str = "",
-                 status: OutcomeStatus = "handoff", actions: bool = True, model: str | None = None) -> Outcome:
+                 status: OutcomeStatus = "handoff", actions: bool = True, model: str | None = None,
+                 state: RunState | None = None) -> Outcome:
         handoff = Handoff(reason=reason, tried=tried, known=known, budget_line=self._budget_line(scope))
-        return Outcome(scope.run_id, status, handoff.render(), stop, retry_actions(scope.run_id) if actions else [],
-                       model=model, answer=handoff.render(footer=False))
+        buttons = self.buttons.offer(scope, stop, state) if actions else []
+        return Outcome(scope.run_id, status, handoff.render(), stop, buttons, model=model,
+                       answer=handoff.render(footer=False))
 
     def _budget_line(self, scope: CallScope) -> str:
         run = self.ledger.run(scope.run_id)
         if run is None:
             return ""
-        return (f"Budget used: ${run.cost_micros / MICROS:.4f} of ${scope.caps.micros / MICROS:.2f}, "
-                f"{run.steps} steps.")
+        calls = self.ledger.model_calls(scope.run_id)
+        return (f"Budget used: {format_usd(run.cost_micros)} of {format_usd(scope.caps.micros)}, "
+                f"{calls} model call{'s' if calls != 1 else ''} of {scope.caps.steps}. Run {scope.run_id}: "
+                f"/trace {scope.run_id}")
+
+
+_UNTRUSTED_TRIGGERS = {"event": "an event's payload", "forward": "a forwarded message", "document": "a document",
+                       "photo": "a photo caption"}
 
 
 def request_sources(request: Request) -> tuple[str, ...]:
-    """The untrusted content a request carries: an event's payload or a forwarded message is someone else's words,
-    not the owner's."""
-    if request.sources or request.trigger not in ("event", "forward"):
+    """The untrusted content a request carries: an event's payload, a forwarded message or a document is someone
+    else's words, not the owner's."""
+    if request.sources or request.trigger not in _UNTRUSTED_TRIGGERS:
         return request.sources
     # A run rebuilt from its row after a restart, without the original source's name.
-    what = "an event's payload" if request.trigger == "event" else "a forwarded message"
+    what = _UNTRUSTED_TRIGGERS[request.trigger]
     return (f"{what} ({request.channel})",)
 
 

@@ -78,11 +78,3 @@ CUT_NOTE = "✂️ Cut short at the output limit."
 def continue_action(run_id: int) -> Action:
     """The button that carries on an answer cut at the output limit, within the same run's caps."""
     return Action("Continue", f"continue:{run_id}")
-
-
-def retry_actions(run_id: int | None) -> list[Action]:
-    """Buttons offered where the owner can help: try the strong model, or allow one more budget's worth."""
-    if run_id is None:
-        return []
-    return [Action("Retry with strong model", f"retry:strong:{run_id}"),
-            Action("Allow more budget once", f"retry:budget:{run_id}")]

@@ -54,6 +54,7 @@ class RunState:
     model_calls: int = 0
     model: str | None = None
     note: str = ""  # told to the owner once, appended to the answer
+    cap: str | None = None  # the cap that refused the last call: run, tokens or day
     provenance: Provenance = field(default_factory=Provenance)  # untrusted content read, hosts the owner named
     written: str = ""  # the answer so far, when earlier parts were cut at the output limit and continued
 

@@ -21,11 +21,14 @@ from sqlmodel import Session, col, select
 
 from aria.ledger import COUNTED_MICROS, IS_COUNTED, Event, Failure, Ledger, Run, Spend, Step
 from aria.ledger.reports import CHAT, SpendLine, local_day_bounds, spend_summary
+from aria.scheduler import NOTHING_DUE
 
 if TYPE_CHECKING:
     from aria.app import Aria
 
 SCHEDULER = "scheduler"  # the channel of the scheduler's own job runs
+# A job that found nothing to do (a start-up catch-up that missed nothing) is recorded but never counted.
+NOT_NOOP = func.coalesce(col(Run.stop_reason), "") != NOTHING_DUE
 CHART_DAYS = 14
 TOP_MODELS = 5  # models stacked by name in a chart; the rest are "other"
 # Chart outcome buckets: every run status lands in one.
@@ -269,7 +272,7 @@ def _outcomes(session: Session, start: dt.datetime, end: dt.datetime) -> tuple[d
     is_job = col(Run.channel) == SCHEDULER
     query = (
         select(is_job, col(Run.status), func.count())
-        .where(_in_window(col(Run.started_at), start, end))
+        .where(_in_window(col(Run.started_at), start, end), NOT_NOOP)
         .group_by(is_job, col(Run.status))
     )
     work: dict[str, int] = {}

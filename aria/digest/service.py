@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 from aria.digest.charts import digest_chart, spend_chart
 from aria.digest.data import LiveState, events_accepted_today, load_cost, load_digest
 from aria.digest.text import cost_text, digest_text, status_lines
+from aria.jobs import will_run
 from aria.ledger import as_utc, usd_to_micros
 from aria.outbox import Outbox
 from aria.rollout.views import digest_lines
-from aria.scheduler import Scheduler
+from aria.scheduler import NOOP, NothingDue, Scheduler
 
 if TYPE_CHECKING:
     from aria.app import Aria
@@ -100,7 +101,8 @@ class DigestService:
         aria = self.aria
         circuits = [(row.key, aria.board.get(row.key).state) for row in aria.board.snapshot()]
         # Jobs get their next run time only once the scheduler runs (a CLI render has none to show).
-        jobs = aria.scheduler.upcoming(3) if aria.scheduler.running else []
+        jobs = [job for job in aria.scheduler.upcoming(20) if will_run(aria, job[0])][:3] \
+            if aria.scheduler.running else []
         return LiveState(
             pending_approvals=[(a.id or 0, a.summary) for a in aria.approvals.pending()],
             open_circuits=[(key, state) for key, state in circuits if state != "closed"],
@@ -161,13 +163,14 @@ class DigestService:
         self.ledger.set_flag(LAST_SLOT_FLAG, slot.isoformat())
         return queued
 
-    async def catch_up(self, now: dt.datetime | None = None) -> int:
-        """At start-up: serve a slot missed while the process was down (a first start has missed nothing)."""
+    async def catch_up(self, now: dt.datetime | None = None) -> int | NothingDue:
+        """At start-up: serve a slot missed while the process was down (a first start has missed nothing). NOOP
+        when nothing was missed, so the start-up check is not counted as a job that did something."""
         now = as_utc(now) if now is not None else self.ledger.now()
         if self.last_slot() is None:
             self.ledger.claim_flag(LAST_SLOT_FLAG, self.latest_slot(now).isoformat())
-            return 0
-        return await self.send_daily(now)
+            return NOOP
+        return await self.send_daily(now) or NOOP
 
     def _due(self, slot: dt.date) -> dt.datetime:
         return dt.datetime.combine(slot, self.settings.digest_time, tzinfo=self.tz)

@@ -267,6 +267,129 @@ def m008_run_answer(conn: Connection) -> None:
     """)
 
 
+def m009_owner_control(conn: Connection) -> None:
+    """Changes the owner makes from the chat (budgets, models) are audited, one row per proposal with its outcome;
+    outbox rows can carry a document (an export) under its file name."""
+    _run(conn, """
+    CREATE TABLE settingchange (
+        id INTEGER NOT NULL PRIMARY KEY,
+        "key" VARCHAR NOT NULL,
+        old_value VARCHAR,
+        new_value VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        user_id INTEGER,
+        chat_id INTEGER,
+        run_id INTEGER,
+        created_at DATETIME NOT NULL,
+        decided_at DATETIME
+    );
+    CREATE INDEX ix_settingchange_created_at ON settingchange (created_at);
+    ALTER TABLE outbox ADD COLUMN file_name VARCHAR
+    """)
+
+
+def m010_mcp(conn: Connection) -> None:
+    """MCP tool definitions pinned when first seen: a changed description or schema waits for the owner."""
+    _run(conn, """
+    CREATE TABLE mcp_pin (
+        id INTEGER NOT NULL PRIMARY KEY,
+        server VARCHAR NOT NULL,
+        tool VARCHAR NOT NULL,
+        digest VARCHAR NOT NULL,
+        definition VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        pending_digest VARCHAR,
+        pending_definition VARCHAR,
+        first_seen DATETIME NOT NULL,
+        updated_at DATETIME NOT NULL
+    );
+    CREATE UNIQUE INDEX ix_mcp_pin_server_tool ON mcp_pin (server, tool)
+    """)
+
+
+def m011_knowledge(conn: Connection) -> None:
+    """Knowledge: notes (the owner's facts, passages of runbooks and documents, web and tool findings) with their
+    source, reliability, dates and supersession; the files they came from; an FTS5 index (Porter stemming) kept in
+    step by triggers, and its vocabulary for term statistics. Trigger bodies hold semicolons, so each statement is
+    run on its own."""
+    for statement in (
+        """CREATE TABLE note_document (
+            id INTEGER NOT NULL PRIMARY KEY,
+            path VARCHAR NOT NULL UNIQUE,
+            sha256 VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            passages INTEGER NOT NULL,
+            added_at DATETIME NOT NULL,
+            updated_at DATETIME NOT NULL
+        )""",
+        """CREATE TABLE note (
+            id INTEGER NOT NULL PRIMARY KEY,
+            text VARCHAR NOT NULL,
+            title VARCHAR NOT NULL,
+            tags VARCHAR NOT NULL,
+            source VARCHAR NOT NULL,
+            kind VARCHAR NOT NULL,
+            reliability INTEGER NOT NULL,
+            document_id INTEGER REFERENCES note_document (id),
+            position INTEGER NOT NULL,
+            supersedes INTEGER,
+            superseded_by INTEGER,
+            dated_at DATETIME NOT NULL,
+            created_at DATETIME NOT NULL,
+            updated_at DATETIME NOT NULL
+        )""",
+        "CREATE INDEX ix_note_document ON note (document_id, position)",
+        "CREATE INDEX ix_note_superseded_by ON note (superseded_by)",
+        "CREATE VIRTUAL TABLE note_fts USING fts5(title, text, tags, content='note', content_rowid='id', "
+        "tokenize='porter unicode61 remove_diacritics 2')",
+        "CREATE VIRTUAL TABLE note_vocab USING fts5vocab(note_fts, 'row')",
+        """CREATE TRIGGER note_ai AFTER INSERT ON note BEGIN
+            INSERT INTO note_fts (rowid, title, text, tags) VALUES (new.id, new.title, new.text, new.tags);
+        END""",
+        """CREATE TRIGGER note_ad AFTER DELETE ON note BEGIN
+            INSERT INTO note_fts (note_fts, rowid, title, text, tags) VALUES ('delete', old.id, old.title, old.text,
+                                                                              old.tags);
+        END""",
+        """CREATE TRIGGER note_au AFTER UPDATE OF title, text, tags ON note BEGIN
+            INSERT INTO note_fts (note_fts, rowid, title, text, tags) VALUES ('delete', old.id, old.title, old.text,
+                                                                              old.tags);
+            INSERT INTO note_fts (rowid, title, text, tags) VALUES (new.id, new.title, new.text, new.tags);
+        END""",
+    ):
+        conn.execute(text(statement))
+
+
+def m012_evals(conn: Connection) -> None:
+    """`aria eval` keeps each eval run and the verdict of each of its scenarios."""
+    _run(conn, """
+    CREATE TABLE evalrun (
+        id INTEGER NOT NULL PRIMARY KEY,
+        started_at DATETIME NOT NULL,
+        ended_at DATETIME,
+        mode VARCHAR NOT NULL,
+        paths VARCHAR NOT NULL,
+        scenarios INTEGER NOT NULL,
+        passed INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        cost_micros INTEGER NOT NULL
+    );
+    CREATE INDEX ix_evalrun_started_at ON evalrun (started_at);
+    CREATE TABLE evalresult (
+        id INTEGER NOT NULL PRIMARY KEY,
+        eval_run_id INTEGER NOT NULL REFERENCES evalrun (id),
+        name VARCHAR NOT NULL,
+        source VARCHAR NOT NULL,
+        passed BOOLEAN NOT NULL,
+        failures VARCHAR NOT NULL,
+        cost_micros INTEGER NOT NULL,
+        steps INTEGER NOT NULL,
+        model_calls INTEGER NOT NULL,
+        seconds FLOAT NOT NULL
+    );
+    CREATE INDEX ix_evalresult_eval_run_id ON evalresult (eval_run_id)
+    """)
+
+
 def m013_shadow_rollout(conn: Connection) -> None:
     """Shadow proposals with the owner's 👍/👎 and note, and the rollout steps of each skill (suggested promotions,
     promotions, demotions), so agreement and the promotion gate are computed from recorded judgements."""
@@ -310,9 +433,19 @@ def m013_shadow_rollout(conn: Connection) -> None:
     """)
 
 
+def m014_intake(conn: Connection) -> None:
+    """Spend rows can name the recorded message they were made for (a voice note's transcription, before any run),
+    so the run that answers it adopts them. The partial index keeps that look-up, made as every run opens, tiny."""
+    _run(conn, """
+    ALTER TABLE spend ADD COLUMN event_id INTEGER;
+    CREATE INDEX ix_spend_event ON spend (event_id) WHERE event_id IS NOT NULL
+    """)
+
+
 MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events,
                                m005_hot_path_indexes, m006_durable_runs, m007_event_replay_key, m008_run_answer,
-                               m013_shadow_rollout]
+                               m009_owner_control, m010_mcp, m011_knowledge, m012_evals, m013_shadow_rollout,
+                               m014_intake]
 
 
 def applied(conn: Connection) -> set[str]:

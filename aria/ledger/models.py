@@ -24,7 +24,8 @@ Handling = Literal["retried", "fell_back", "degraded", "handed_off", "refused", 
 # unknown: the process stopped while the action executed, so it may or may not have run (never "not run").
 ApprovalStatus = Literal["pending", "approved", "rejected", "expired", "executing", "executed", "failed", "unknown"]
 OutboxStatus = Literal["pending", "delivered", "refused"]
-OutboxKind = Literal["text", "photo", "edit"]
+OutboxKind = Literal["text", "photo", "edit", "document"]
+ChangeStatus = Literal["proposed", "applied", "cancelled"]
 
 MICROS = 1_000_000
 
@@ -103,6 +104,9 @@ class Spend(SQLModel, table=True):
     day: str  # the owner's local date, YYYY-MM-DD (indexed with other columns, see migration m005)
     created_at: dt.datetime = Field(index=True)
     settled_at: dt.datetime | None = None
+    # The recorded message a call was made for before its run opened (a voice note's transcription): the run that
+    # answers the message adopts the row, so it counts against that run's caps.
+    event_id: int | None = None
 
 
 # What a spend row counts for, against caps and in every report: an open reservation its worst case, a settled call
@@ -171,6 +175,7 @@ class Outbox(SQLModel, table=True):
     channel: str = "telegram"  # the channel that delivers it: telegram, terminal
     approval_id: int | None = None  # the approval whose buttons it carries (delivery records the message id)
     edit_message_id: int | None = None  # for an edit, the message changed; for an answer, a progress message
+    file_name: str | None = None  # a document's name (kind `document`, its bytes in `payload`)
 
 
 class Event(SQLModel, table=True):
@@ -211,6 +216,21 @@ class KeyValue(SQLModel, table=True):
     updated_at: dt.datetime
 
 
+class SettingChange(SQLModel, table=True):
+    """A change the owner asked for from the chat (a budget cap, a model), proposed, then applied or cancelled."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str  # budget.day, budget.request, budget.today, model.cheap, model.strong
+    old_value: str | None = None
+    new_value: str
+    status: ChangeStatus = Field(default="proposed", sa_type=String)
+    user_id: int | None = None
+    chat_id: int | None = None
+    run_id: int | None = None  # the refused run a "raise today's cap" press retries
+    created_at: dt.datetime = Field(index=True)
+    decided_at: dt.datetime | None = None
+
+
 class Reminder(SQLModel, table=True):
     """A reminder the owner asked for; fires once, also after a restart."""
 
@@ -221,6 +241,52 @@ class Reminder(SQLModel, table=True):
     created_at: dt.datetime
     run_id: int | None = None
     fired_at: dt.datetime | None = None
+
+
+class McpPin(SQLModel, table=True):
+    """An MCP tool's definition as the owner trusts it (first seen, or accepted), and a changed one awaiting review."""
+
+    __tablename__ = "mcp_pin"
+
+    id: int | None = Field(default=None, primary_key=True)
+    server: str
+    tool: str
+    digest: str  # sha256 of the trusted definition
+    definition: str  # the trusted definition: description, input schema, annotations (JSON)
+    status: str = "trusted"  # trusted; changed (disabled, owner asked); declined (kept disabled by the owner)
+    pending_digest: str | None = None
+    pending_definition: str | None = None
+    first_seen: dt.datetime
+    updated_at: dt.datetime
+
+
+class EvalRun(SQLModel, table=True):
+    """One `aria eval`: which scenarios ran, how, and how many passed."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    started_at: dt.datetime = Field(index=True)
+    ended_at: dt.datetime | None = None
+    mode: str = "scripted"  # scripted (the built-in model) or live (the configured model)
+    paths: str = ""  # what was asked to run, as given
+    scenarios: int = 0
+    passed: int = 0
+    failed: int = 0
+    cost_micros: int = 0
+
+
+class EvalResult(SQLModel, table=True):
+    """One scenario of an eval run: passed or not, why not, what it cost."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    eval_run_id: int = Field(index=True, foreign_key="evalrun.id")
+    name: str
+    source: str = ""
+    passed: bool = False
+    failures: str = "[]"  # JSON list of sentences
+    cost_micros: int = 0
+    steps: int = 0
+    model_calls: int = 0
+    seconds: float = 0.0
 
 
 ProposalVerdict = Literal["up", "down"]

@@ -300,7 +300,21 @@ class Ledger:
         events: Table = Event.__table__  # type: ignore[attr-defined]
         changed = conn.execute(events.update().where(events.c.id == event_id, events.c.processed_at.is_(None))
                                .values(processed_at=self.now(), run_id=run_id)).rowcount
+        if changed:
+            self._adopt_spend(conn, event_id, run_id)
         return bool(changed)
+
+    @staticmethod
+    def _adopt_spend(conn: Connection, event_id: int, run_id: int) -> None:
+        """Calls made for the message before its run opened (a voice note's transcription) become the run's: they
+        count against its caps and in its totals."""
+        spend: Table = Spend.__table__  # type: ignore[attr-defined]
+        runs: Table = Run.__table__  # type: ignore[attr-defined]
+        adopted = conn.execute(spend.update().where(spend.c.event_id == event_id, spend.c.run_id.is_(None))
+                               .values(run_id=run_id).returning(spend.c.status, spend.c.cost_micros)).all()
+        cost = sum(micros for status, micros in adopted if status == "settled")
+        if cost:
+            conn.execute(runs.update().where(runs.c.id == run_id).values(cost_micros=runs.c.cost_micros + cost))
 
     def save_checkpoint(self, run_id: int, state: str) -> None:
         """The run's state after a completed step, to resume from after a crash."""

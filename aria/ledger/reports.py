@@ -283,7 +283,8 @@ def runs_by_outcome(ledger: Ledger, first: dt.date, last: dt.date, tz: ZoneInfo)
     _, end = local_day_bounds(last, tz)
     query = (
         select(col(Run.status), func.count())
-        .where(col(Run.started_at) >= start, col(Run.started_at) < end)
+        .where(col(Run.started_at) >= start, col(Run.started_at) < end,
+               func.coalesce(col(Run.stop_reason), "") != "nothing_due")  # jobs that found nothing to do
         .group_by(col(Run.status))
     )
     with ledger.read() as session:

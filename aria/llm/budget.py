@@ -9,7 +9,9 @@ is unknowable (a timeout after the request was sent) keeps it as an estimated co
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
@@ -17,9 +19,10 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, bindparam, case, func
 from sqlmodel import col, select
 
-from aria.errors import BudgetExhausted
+from aria.errors import BudgetExhausted, LedgerUnavailable
 from aria.ledger import COUNTED_MICROS, Ledger, Run, Spend, usd_to_micros
 from aria.llm.pricing import PriceBook, TokenCounts
+from aria.overrides import Overrides
 
 if TYPE_CHECKING:
     from aria.config import Settings
@@ -39,6 +42,9 @@ _RUN_TOKENS = select(func.coalesce(func.sum(_TOKENS), 0)).where(col(Spend.run_id
 DAY_TOTAL = select(func.coalesce(func.sum(COUNTED_MICROS), 0)).where(col(Spend.day) == bindparam("day"))
 # What is left, in one statement: the run's money and tokens, and the day's money.
 _SPENT = select(_RUN_MICROS.scalar_subquery(), _RUN_TOKENS.scalar_subquery(), DAY_TOTAL.scalar_subquery())
+
+
+ALERT_SHARE = 80  # percent of the day's cap: the reservation that crosses it raises the 80 % alert
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,7 @@ class Remaining:
     run_micros: int
     day_micros: int
     tokens: int
+    day_cap: int = 0
 
     @property
     def micros(self) -> int:
@@ -84,9 +91,29 @@ class Budget:
                  provider: str = "openai") -> None:
         self.ledger = ledger
         self.prices = prices
-        self.day_cap = usd_to_micros(day_cap_usd)
+        self.base_day_cap = usd_to_micros(day_cap_usd)  # the setting; the owner's override and raises go above it
+        self.overrides = Overrides(ledger)
         self.tz = tz
         self.provider = provider
+        # Called with (day, threshold) when a reservation takes the day past a share of its cap (80) or a call is
+        # refused by the day's cap (100): the alerts fire on what was reserved or refused, not only on settled spend.
+        self.on_threshold: list[Callable[[str, int], None]] = []
+
+    @property
+    def day_cap(self) -> int:
+        """Today's cap in micro-dollars (the owner's override and today's raise included)."""
+        return self.day_cap_on(self.today())
+
+    def raise_for(self, request_micros: int) -> int:
+        """What "raise today's cap" adds: room for one whole request, over whatever today already went past the
+        cap (a cap lowered below the day's spend)."""
+        today = self.today()
+        return max(0, self.day_spent(today) - self.day_cap_on(today)) + request_micros
+
+    def day_cap_on(self, day: str) -> int:
+        """The cap of a local day in micro-dollars."""
+        with self.ledger.read_conn() as conn:
+            return self.overrides.day_cap(conn, self.base_day_cap, day)
 
     def today(self) -> str:
         """The owner's local date, the key a day's spend is counted under."""
@@ -105,8 +132,9 @@ class Budget:
     def _remaining(self, conn: Connection, run_id: int, caps: Caps, day: str) -> Remaining:
         """What this run may still spend, in dollars and tokens."""
         run_micros, run_tokens, day_micros = conn.execute(_SPENT, {"run_id": run_id, "day": day}).one()
-        return Remaining(run_micros=caps.micros - int(run_micros), day_micros=self.day_cap - int(day_micros),
-                         tokens=caps.tokens - int(run_tokens))
+        day_cap = self.overrides.day_cap(conn, self.base_day_cap, day)
+        return Remaining(run_micros=caps.micros - int(run_micros), day_micros=day_cap - int(day_micros),
+                         tokens=caps.tokens - int(run_tokens), day_cap=day_cap)
 
     def reserve(self, run_id: int, caps: Caps, model: str, prompt_upper: int, *, want: int,
                 minimum: int) -> Reservation:
@@ -117,6 +145,16 @@ class Budget:
         """
         source = self.prices.source(model)
         day = self.today()
+        try:
+            return self._reserve(run_id, caps, model, prompt_upper, want=want, minimum=minimum, day=day,
+                                 source=source)
+        except BudgetExhausted as exc:
+            if exc.cap == "day":
+                self._crossed(day, 100)  # refused by the day's cap: the day is used up, whatever share it shows
+            raise
+
+    def _reserve(self, run_id: int, caps: Caps, model: str, prompt_upper: int, *, want: int, minimum: int,
+                 day: str, source: str) -> Reservation:
         # The check of what is left and the insert of the reservation share one IMMEDIATE transaction.
         with self.ledger.write_conn() as conn:
             left = self._remaining(conn, run_id, caps, day)
@@ -134,7 +172,16 @@ class Budget:
                 "run_id": run_id, "provider": self.provider, "model": model, "status": "reserved",
                 "reserved_tokens": prompt_upper + max_tokens, "reserved_micros": micros, "price_source": source,
                 "day": day, "created_at": self.ledger.now()})
-            return Reservation(spend_id, run_id, model, prompt_upper, max_tokens, micros)
+        used = left.day_cap - left.day_micros
+        if left.day_cap and used * 100 < left.day_cap * ALERT_SHARE <= (used + micros) * 100:
+            self._crossed(day, ALERT_SHARE)
+        return Reservation(spend_id, run_id, model, prompt_upper, max_tokens, micros)
+
+    def _crossed(self, day: str, threshold: int) -> None:
+        for listener in self.on_threshold:
+            # Best effort: the reservation (or the refusal) stands whether or not the alert's mark could be written.
+            with contextlib.suppress(LedgerUnavailable):
+                listener(day, threshold)
 
     def settle(self, reservation: Reservation, tokens: TokenCounts, *, step_id: int | None = None,
                raw_usage: dict[str, object] | None = None, step: dict[str, Any] | None = None) -> int:
@@ -202,7 +249,11 @@ def _explain(binding: str, left: Remaining, prompt_upper: int, minimum: int) -> 
     return f"${max(usd, 0):.4f} left of {scope}, not enough for a useful answer"
 
 
-def caps_from_settings(settings: Settings) -> Caps:
-    """The per-run caps configured in settings."""
-    return Caps(tokens=settings.run_max_tokens, micros=usd_to_micros(settings.run_max_usd),
-                steps=settings.run_max_steps, seconds=settings.run_max_seconds)
+def caps_from_settings(settings: Settings, overrides: Overrides | None = None,
+                       conn: Connection | None = None) -> Caps:
+    """The per-run caps configured in settings, with the owner's per-request dollar cap above them."""
+    micros = usd_to_micros(settings.run_max_usd)
+    if overrides is not None:
+        micros = overrides.request_cap(micros, conn)
+    return Caps(tokens=settings.run_max_tokens, micros=micros, steps=settings.run_max_steps,
+                seconds=settings.run_max_seconds)

@@ -24,6 +24,7 @@ from aria.app import Aria
 from aria.telegram import handlers, shadow
 from aria.telegram.channel import TelegramChannel
 from aria.telegram.intake import Intake
+from aria.telegram.mcp_buttons import mcp_button
 from aria.telegram.request import SignallingRequest
 from aria.telegram.watchdog import WatchedRequest
 
@@ -69,7 +70,9 @@ def build_application(aria: Aria, *,
     application.add_handler(CommandHandler(list(commands.NAMES), handlers.command))
     application.add_handler(CallbackQueryHandler(handlers.approval_button, pattern=r"^ap:"))
     application.add_handler(CallbackQueryHandler(handlers.retry_button, pattern=r"^retry:"))
+    application.add_handler(CallbackQueryHandler(handlers.change_button, pattern=r"^cfg:"))
     application.add_handler(CallbackQueryHandler(handlers.continue_button, pattern=r"^continue:\d+$"))
+    application.add_handler(CallbackQueryHandler(mcp_button, pattern=r"^mcp:"))
     application.add_handler(CallbackQueryHandler(shadow.judge_button, pattern=r"^sh:"))
     application.add_handler(CallbackQueryHandler(shadow.promote_button, pattern=r"^ro:"))
     application.add_handler(CallbackQueryHandler(handlers.unknown_button))
@@ -77,6 +80,7 @@ def build_application(aria: Aria, *,
     application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND & filters.REPLY, shadow.text_or_note))
     application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, handlers.text))
     application.add_handler(MessageHandler(filters.COMMAND, handlers.command))
+    application.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL | filters.VOICE, handlers.attachment))
     application.add_handler(MessageHandler(~filters.TEXT & ~filters.StatusUpdate.ALL, handlers.unsupported))
     application.add_error_handler(handlers.on_error)
     return application

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -19,15 +20,28 @@ from telegram.constants import ChatType
 from telegram.error import TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
-from aria import commands
-from aria.agent.provenance import forwarded_request, untrusted_sources
+from aria import commands, control
+from aria.agent.provenance import OWNER_TRIGGERS, untrusted_sources
 from aria.agent.state import Request
 from aria.app import Aria
 from aria.approvals import MAX_ID, REFUSALS, PressResult, parse_callback
 from aria.errors import LedgerUnavailable
+from aria.knowledge.owner import MAX_LEARN_CHARS, learn_document
+from aria.ledger.reports import format_usd
 from aria.sanitize import clean_text
+from aria.strangers import warn_stranger
+from aria.telegram.attachments import (
+    NOT_READ,
+    UNREADABLE,
+    attachment_kind,
+    caption_request,
+    document_request,
+    forwarded,
+    read_telegram_document,
+    voice_request,
+)
 from aria.telegram.channel import TelegramChannel
-from aria.telegram.intake import Intake
+from aria.telegram.intake import Intake, wants_answer
 
 log = logging.getLogger(__name__)
 ACKNOWLEDGEMENTS: dict[PressResult, str] = {"approved": "Approved: running it now.", "rejected": "Rejected."}
@@ -61,13 +75,14 @@ async def _guard(update: Update, context: ContextTypes.DEFAULT_TYPE, intake: Int
     user = update.effective_user
     kind = "callback" if update.callback_query else "message" if update.effective_message else "update"
     if user is None or user.id not in aria.settings.owner_ids:
+        warn_stranger(aria, update)  # a typo'd ARIA_OWNER_IDS shows up in the log at once
         await _refuse(aria, update, f"{kind} from a non-owner")
     chat = update.effective_chat
     if chat is not None and chat.type != ChatType.PRIVATE and not aria.settings.allow_groups:
         # An owner in a group is heard by everyone there: answers (spend, hosts, drafts) stay in private chats.
         await _refuse(aria, update, f"owner's {kind} in a {chat.type} chat (ARIA_ALLOW_GROUPS is off)")
     message = update.effective_message
-    if update.callback_query is None and message is not None and message.text:
+    if update.callback_query is None and message is not None and wants_answer(message):
         try:
             admitted = intake.admit(update)
         except LedgerUnavailable:
@@ -97,9 +112,12 @@ async def command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         return
     name = message.text.split()[0].lstrip("/").split("@")[0].lower()
     aria = _aria(context)
-    for reply in await commands.answer(aria, name, list(context.args or [])):
+    user_id = update.effective_user.id if update.effective_user else None
+    for reply in await commands.answer(aria, name, list(context.args or []), chat_id=update.effective_chat.id,
+                                       user_id=user_id):
         await aria.runs.reply(_channel(context), update.effective_chat.id, reply.text, photo=reply.photo,
-                              actions=reply.actions, purpose=reply.purpose, approval_id=reply.approval_id)
+                              actions=reply.actions, purpose=reply.purpose, approval_id=reply.approval_id,
+                              document=reply.document, file_name=reply.file_name)
     event_id = _intake(context).event_of.pop(update.update_id, None)
     if event_id is not None:
         _intake(context).processed(event_id)
@@ -111,18 +129,70 @@ async def text(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     message = update.effective_message
     if message is None or update.effective_chat is None or not message.text:
         return
-    words, trigger = clean_text(message.text), "message"
-    sources: tuple[str, ...] = ()
-    origin = forward_origin(message)
-    if origin is not None:
-        words, trigger = forwarded_request(origin, words), "forward"
-        sources = (f"a message forwarded from {origin} (Telegram)",)
-    await _aria(context).runs.handle(Request(text=words, trigger=trigger, channel="telegram",
+    incoming = forwarded(forward_origin(message), clean_text(message.text))
+    await _aria(context).runs.handle(Request(text=incoming.text, trigger=incoming.trigger, channel="telegram",
                                              chat_id=update.effective_chat.id,
                                              user_id=update.effective_user.id if update.effective_user else None,
                                              intake_id=_intake(context).event_of.pop(update.update_id, None),
-                                             sources=sources),
+                                             sources=incoming.sources),
                                      _channel(context))
+
+
+async def attachment(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """A photo, document or voice note: its caption, its text (fenced, tainting the run) or its transcript made
+    into a run (see aria.telegram.attachments), or a clear answer saying what would work."""
+    message, chat = update.effective_message, update.effective_chat
+    if message is None or chat is None:
+        return
+    aria, intake = _aria(context), _intake(context)
+    event_id = intake.event_of.pop(update.update_id, None)
+    origin = forward_origin(message)
+    user_id = update.effective_user.id if update.effective_user else None
+    if not aria.ledger.health.writable:  # nothing is downloaded or paid for while nothing can be recorded
+        await aria.runs.handle(Request(text=f"({attachment_kind(message)})", channel="telegram", chat_id=chat.id,
+                                       user_id=user_id), _channel(context))  # refused there, with the reason
+        return
+    if message.document is not None and origin is None and is_learn(message.caption):
+        await _learn(aria, context, message, chat.id)
+        if event_id is not None:
+            intake.processed(event_id)
+        return
+    try:
+        if message.voice is not None:
+            incoming = await voice_request(message, origin, aria.transcriber, event_id)
+        elif message.document is not None:
+            incoming = await document_request(message, origin, aria.settings.document_max_bytes)
+        else:
+            incoming = caption_request(message, origin)
+            if message.media_group_id is not None:  # the album is answered: its other photos need no reply
+                aria.ledger.claim_flag(f"album:{chat.id}:{message.media_group_id}", str(update.update_id))
+    except NOT_READ as refusal:
+        # An album is one update per photo, the caption on one of them: the others are not told off one by one.
+        album = message.media_group_id
+        if album is None or aria.ledger.claim_flag(f"album:{chat.id}:{album}", str(update.update_id)):
+            await aria.runs.reply(_channel(context), chat.id, str(refusal))
+        if event_id is not None:
+            intake.processed(event_id)
+        return
+    await aria.runs.handle(Request(text=incoming.text, trigger=incoming.trigger, channel="telegram", chat_id=chat.id,
+                                   user_id=user_id, intake_id=event_id, sources=incoming.sources), _channel(context))
+
+
+def is_learn(caption: str | None) -> bool:
+    """A document captioned `/learn`: to keep as notes rather than to answer about."""
+    words = (caption or "").split()
+    return bool(words) and words[0].lower().split("@", 1)[0] == "/learn"
+
+
+async def _learn(aria: Aria, context: ContextTypes.DEFAULT_TYPE, message: Message, chat_id: int) -> None:
+    """Read the document (runbooks may be larger than a document to answer about) and keep its passages as notes."""
+    try:
+        document = await read_telegram_document(message, max(aria.settings.document_max_bytes, MAX_LEARN_CHARS))
+    except NOT_READ as refusal:
+        await aria.runs.reply(_channel(context), chat_id, str(refusal))
+        return
+    reply = await asyncio.to_thread(learn_document, aria.knowledge, document.name, document.text)
+    await aria.runs.reply(_channel(context), chat_id, reply)
 
 
 def forward_origin(message: Message) -> str | None:
@@ -152,10 +222,12 @@ async def edited(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
 
 
 async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-    """Anything that is not text (stickers, files, photos): say what Aria can read."""
+    """Anything Aria does not read (stickers, videos, locations): say what it can read."""
     if update.effective_chat is not None:
-        await _aria(context).runs.reply(_channel(context), update.effective_chat.id,
-                                        "I can only read text messages for now.")
+        await _aria(context).runs.reply(_channel(context), update.effective_chat.id, UNREADABLE)
+    event_id = _intake(context).event_of.pop(update.update_id, None)  # a captioned video was recorded: answered
+    if event_id is not None:
+        _intake(context).processed(event_id)
 
 
 async def approval_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -206,20 +278,45 @@ async def retry_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     valid_id = raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 19 and int(raw_id) <= MAX_ID
     run = aria.ledger.run(int(raw_id)) if valid_id else None
     chat = update.effective_chat
-    if run is None or chat is None or run.chat_id != chat.id or kind not in ("strong", "budget", "again"):
+    if run is None or chat is None or run.chat_id != chat.id or kind not in ("strong", "budget", "again", "raise"):
         await _answer_press(update, "That button does not refer to anything I can retry.")
         return
     if not aria.ledger.claim_flag(f"retry:{run.id}:{kind}", str(update.update_id)):
         await _answer_press(update, "Already retried.")
         return
-    await _answer_press(update, "Retrying…")
+    if kind == "raise":  # a day-capped refusal: today's cap goes up once, then the request runs again
+        raised = control.raise_today(aria, query.from_user.id, chat.id, run.id or 0)
+        await _answer_press(update, f"Today's cap raised by {format_usd(raised)}; retrying…")
+    else:
+        await _answer_press(update, "Retrying…")
     try:
         await query.edit_message_reply_markup(reply_markup=None)
     except TelegramError as exc:  # the buttons staying is cosmetic; the retry below is what matters
         log.info("could not remove the retry buttons: %s", exc)
-    await aria.runs.handle(Request(text=run.request, trigger="message", channel="telegram", chat_id=chat.id,
-                                   user_id=query.from_user.id, escalate=kind == "strong",
-                                   budget_factor=2.0 if kind == "budget" else 1.0), _channel(context))
+    # Someone else's words (a forward, a document, an event) stay theirs in the retry: same trigger, same sources.
+    owners = run.trigger in OWNER_TRIGGERS
+    await aria.runs.handle(Request(text=run.request, trigger="message" if owners else run.trigger,
+                                   channel="telegram", chat_id=chat.id, user_id=query.from_user.id,
+                                   escalate=kind == "strong", budget_factor=2.0 if kind == "budget" else 1.0,
+                                   sources=() if owners else tuple(untrusted_sources(aria.ledger, run.id or 0))),
+                           _channel(context))
+
+
+async def change_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    """Confirm or Cancel under a proposed change (/budget): applied once; the buttons go, the outcome is told."""
+    query = update.callback_query
+    assert query is not None
+    parts = (query.data or "").split(":")
+    if len(parts) != 3 or parts[2] not in ("y", "n"):
+        await unknown_button(update, context)
+        return
+    aria = _aria(context)
+    text = control.decide_text(aria, parts[1], confirm=parts[2] == "y", user_id=query.from_user.id)
+    await _answer_press(update, text.split("\n", 1)[0][:200])
+    with contextlib.suppress(TelegramError):  # the buttons staying is cosmetic; the decision is recorded
+        await query.edit_message_reply_markup(reply_markup=None)
+    chat_id = update.effective_chat.id if update.effective_chat else query.from_user.id
+    await aria.runs.reply(_channel(context), chat_id, text)
 
 
 async def continue_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

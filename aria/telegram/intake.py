@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col
-from telegram import Update
+from telegram import Message, Update
 
 from aria.errors import LedgerUnavailable
 from aria.ledger import Event, Ledger
@@ -101,3 +101,9 @@ class Intake:
         if row is None:
             return None
         return int(row[0]), row[1] is not None
+
+
+def wants_answer(message: Message) -> bool:
+    """Whether a message from the owner is one Aria answers with a run (so it is recorded first): text, a caption,
+    a document or a voice note. A photo without a caption is answered too (with what would work)."""
+    return bool(message.text or message.caption or message.document or message.voice or message.photo)

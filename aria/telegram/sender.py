@@ -269,6 +269,10 @@ class OutboxSender:
             assert row.payload is not None
             message = await self.bot.send_photo(row.chat_id, photo=row.payload, caption=part.text,
                                                 parse_mode=parse_mode, reply_markup=markup)
+        elif part.kind == "document":
+            assert row.payload is not None
+            message = await self.bot.send_document(row.chat_id, document=row.payload, filename=row.file_name,
+                                                   caption=part.text, parse_mode=parse_mode, reply_markup=markup)
         else:
             message = await self.bot.send_message(row.chat_id, part.text or "", parse_mode=parse_mode,
                                                   reply_markup=markup)
@@ -277,6 +281,8 @@ class OutboxSender:
 
 def _parts(row: OutboxRow) -> tuple[list[Part], str | None]:
     """The messages a row becomes and their parse mode: Markdown purposes rendered as HTML and split cleanly."""
+    if row.kind == "document":
+        return message_parts(row.text, photo=False, document=True), None  # a file and its plain caption
     photo = row.payload is not None
     markup = _render(row)
     if markup is None:

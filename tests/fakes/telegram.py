@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.fakes.server import ServedFake, ServerThread, wait_until, wait_until_sync
+from tests.fakes.server import ServedFake, ServerThread, parse_multipart, wait_until, wait_until_sync
 
 __all__ = ["Call", "FakeTelegram", "TelegramAPIError", "make_update_json"]
 
@@ -39,6 +39,7 @@ JSON = dict[str, Any]
 MAX_TEXT_LENGTH = 4096
 MAX_CAPTION_LENGTH = 1024
 MAX_CALLBACK_DATA_BYTES = 64
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024  # getFile refuses larger files
 
 _DEFAULT_DESCRIPTIONS: dict[int, str] = {
     400: "Bad Request",
@@ -202,37 +203,10 @@ class _Fault:
 
 
 def _parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, str], dict[str, bytes], dict[str, str]]:
-    """Minimal multipart/form-data parser (python-multipart is not a dependency)."""
-    match = re.search(r'boundary="?([^";]+)"?', content_type)
-    if not match:
-        raise _bad_request("invalid multipart body: no boundary")
-    delimiter = b"--" + match.group(1).encode("latin-1")
-    fields: dict[str, str] = {}
-    files: dict[str, bytes] = {}
-    filenames: dict[str, str] = {}
-    for part in body.split(delimiter)[1:]:
-        if part.startswith(b"--"):
-            break
-        if part.startswith(b"\r\n"):
-            part = part[2:]
-        head, _, content = part.partition(b"\r\n\r\n")
-        if content.endswith(b"\r\n"):
-            content = content[:-2]
-        headers = head.decode("utf-8", "replace")
-        disposition = next(
-            (line for line in headers.split("\r\n") if line.lower().startswith("content-disposition")), ""
-        )
-        name_match = re.search(r'(?<![a-z])name="([^"]*)"', disposition)
-        if not name_match:
-            continue
-        name = name_match.group(1)
-        file_match = re.search(r'filename="([^"]*)"', disposition)
-        if file_match is not None:
-            files[name] = content
-            filenames[name] = file_match.group(1)
-        else:
-            fields[name] = content.decode("utf-8", "replace")
-    return fields, files, filenames
+    try:
+        return parse_multipart(body, content_type)
+    except ValueError as exc:
+        raise _bad_request(str(exc)) from None
 
 
 def _decode_params(raw: dict[str, Any]) -> JSON:
@@ -505,6 +479,53 @@ class FakeTelegram(ServedFake):
             self._messages[(chat, message["message_id"])] = message
             return {"update_id": self._alloc_update_id(), "message": copy.deepcopy(message)}
 
+    def make_attachment_update(
+        self,
+        kind: str,
+        data: bytes = b"",
+        file_name: str | None = None,
+        *,
+        caption: str | None = None,
+        user_id: int = 1001,
+        chat_id: int | None = None,
+        duration: int = 1,
+        file_size: int | None = None,
+        extra: JSON | None = None,
+    ) -> JSON:
+        """Build (without queueing) a message carrying a ``document``, ``voice`` or ``photo`` and no text; its bytes
+        are served by getFile and the file download. ``file_size`` overrides the size Telegram reports."""
+        with self._lock:
+            chat = chat_id if chat_id is not None else user_id
+            user = self._user(user_id, "Owner", None)
+            self._remember_chat(chat, user)
+            file_id = self._store_file(data, file_name or ("voice.oga" if kind == "voice" else "photo.jpg"))
+            size = len(data) if file_size is None else file_size
+            common: JSON = {"file_id": file_id, "file_unique_id": f"AgAD{file_id[-6:]}", "file_size": size}
+            attached: JSON
+            if kind == "document":
+                attached = {**common, "mime_type": "application/octet-stream"}
+                if file_name is not None:
+                    attached["file_name"] = file_name
+            elif kind == "voice":
+                attached = {**common, "duration": duration, "mime_type": "audio/ogg"}
+            elif kind == "photo":
+                attached = [{**common, "width": 90, "height": 60}]
+            else:
+                raise ValueError(f"unknown attachment kind {kind!r}")
+            message: JSON = {
+                "message_id": self._alloc_message_id(chat),
+                "from": user,
+                "chat": self._chat(chat),
+                "date": int(time.time()),
+                kind: attached,
+            }
+            if caption is not None:
+                message["caption"] = caption
+            if extra:
+                message.update(extra)
+            self._messages[(chat, message["message_id"])] = message
+            return {"update_id": self._alloc_update_id(), "message": copy.deepcopy(message)}
+
     def make_callback_update(
         self,
         data: str,
@@ -688,6 +709,20 @@ class FakeTelegram(ServedFake):
                         else:
                             data = self._files.get(ref, (b"", ""))[0]
                     result.append((call.params.get("chat_id", ""), data or b"", call.params.get("caption")))
+        return result
+
+    @property
+    def documents(self) -> list[tuple[int | str, str, bytes, str | None]]:
+        """(chat_id, file name, bytes, caption) for each successful sendDocument."""
+        result: list[tuple[int | str, str, bytes, str | None]] = []
+        with self._lock:
+            for call in self.calls:
+                if call.ok and call.method == "sendDocument":
+                    ref = str(call.params.get("document", ""))
+                    field_name = ref.removeprefix("attach://") if ref.startswith("attach://") else "document"
+                    data = call.files.get(field_name, b"")
+                    name = call.filenames.get(field_name, field_name)
+                    result.append((call.params.get("chat_id", ""), name, data, call.params.get("caption")))
         return result
 
     async def wait_for(
@@ -1311,6 +1346,8 @@ class FakeTelegram(ServedFake):
         if file_id not in self._files:
             raise _bad_request("invalid file_id")
         data, file_name = self._files[file_id]
+        if len(data) > MAX_DOWNLOAD_BYTES:
+            raise _bad_request("file is too big")
         extension = file_name.rsplit(".", 1)[-1] if "." in file_name else "bin"
         return {
             "file_id": file_id,

@@ -1,0 +1,264 @@
+"""Retrieval: FTS5 BM25 candidates for the query and its synonyms, then a rerank that weighs how much of the
+question a passage answers (its rare words count most), BM25, phrase proximity, title matches, source reliability
+and recency; a superseded fact never outranks the note that replaced it, and below a relevance threshold nothing is
+returned ("I have no note about that" beats a guess).
+
+Everything here is offline and fast: no model call. Query rewriting from a conversation happens before (see
+`context.py`), and hands this a standalone question.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+from sqlalchemy import Connection
+
+from aria.knowledge.analysis import Concept, asks_for_recent, concepts, stems
+from aria.ledger import Ledger, as_utc
+
+CANDIDATES = 40  # BM25 candidates reranked
+COMMON_SHARE = 0.05  # a word in more than this share of the notes (and more than COMMON_MIN_NOTES) finds no
+COMMON_MIN_NOTES = 500  # candidates on its own
+MIN_COVERAGE = 0.5  # share of the question's weight the best passage must answer, else nothing is returned
+KEEP_COVERAGE = 0.3  # once a question is answered, other passages need this share to be shown beside it
+KEEP_RATIO = 0.5  # and a score of at least this share of the best one
+UNKNOWN_WORD = 0.5  # weight of an ordinary word no note contains, times the IDF of a word in one note
+RECENCY = 0.03  # bonus for a fresh note; a question asking for the latest state gets RECENT_QUESTION instead
+RECENT_QUESTION = 0.25
+SAME_SUBJECT = 0.1  # word overlap (Jaccard) from which two passages answering alike count as one fact restated
+SYNONYM_CREDIT = 0.85  # a concept matched only through a synonym counts a little less than the word itself
+_WEIGHTS = {"coverage": 0.55, "bm25": 0.15, "title": 0.1, "proximity": 0.2}
+_BM25_COLUMNS = (4.0, 1.0, 2.0)  # title, text, tags
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One returned note, with the score it was ranked by."""
+
+    id: int
+    text: str
+    title: str
+    source: str
+    kind: str
+    score: float
+    dated: dt.datetime
+    coverage: float = 0.0
+    supersedes: int | None = None
+    superseded_by: int | None = None
+    matched: frozenset[str] = field(default_factory=frozenset, repr=False)
+
+    def as_json(self) -> dict[str, object]:
+        """The `aria knowledge search --json` shape."""
+        return {"id": self.id, "source": self.source, "kind": self.kind, "title": self.title,
+                "score": round(self.score, 4), "dated": self.dated.date().isoformat(), "text": self.text,
+                "superseded_by": self.superseded_by}
+
+
+def match_expression(items: Sequence[Concept]) -> str:
+    """An FTS5 query matching any word of the question or its synonyms, each quoted (no operator can be injected)."""
+    words = sorted({w for c in items for w in c.asks})
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
+
+
+@dataclass
+class _Candidate:
+    id: int
+    bm25: float
+    text: str = ""
+    title: str = ""
+    source: str = ""
+    kind: str = ""
+    reliability: int = 1
+    supersedes: int | None = None
+    superseded_by: int | None = None
+    dated: dt.datetime = _EPOCH
+
+
+class Searcher:
+    """Ranks the notes of one ledger for a question."""
+
+    def __init__(self, ledger: Ledger, *, min_coverage: float = MIN_COVERAGE) -> None:
+        self.ledger = ledger
+        self.min_coverage = min_coverage
+
+    def search(self, query: str, k: int = 5) -> list[Hit]:
+        """The best notes for `query`, best first; empty when nothing is relevant enough."""
+        items = concepts(query)
+        if not items:
+            return []
+        with self.ledger.read_conn() as conn:
+            weights, common = self._weights(conn, items)
+            if any(c.named and w < 0 for c, w in zip(items, weights, strict=True)):
+                return []  # the question names something no note mentions: no note can answer it
+            weights = [abs(w) for w in weights]
+            # Words in a large share of the notes cost the index the most and tell BM25 the least: they still count
+            # in the rerank, but candidates come from the rarer words (the rarest two at least).
+            rare = [c for c, is_common in zip(items, common, strict=True) if not is_common]
+            if len(rare) < min(2, len(items)):
+                rare = [c for _, c in sorted(zip(weights, items, strict=True), key=lambda p: -p[0])[:2]]
+            candidates = self._candidates(conn, rare)
+            if not candidates:
+                return []
+            hits = self._rerank(items, weights, candidates, recent=asks_for_recent(query))
+            hits = self._with_replacements(conn, hits)
+        return hits[:k]
+
+    def _candidates(self, conn: Connection, items: Sequence[Concept]) -> list[_Candidate]:
+        rows = conn.exec_driver_sql(
+            f"SELECT rowid, bm25(note_fts, {', '.join(map(str, _BM25_COLUMNS))}) AS rank FROM note_fts "
+            "WHERE note_fts MATCH ? ORDER BY rank LIMIT ?", (match_expression(items), CANDIDATES)).all()
+        found = {int(r[0]): _Candidate(int(r[0]), -float(r[1])) for r in rows}
+        if not found:
+            return []
+        marks = ",".join("?" * len(found))
+        for row in conn.exec_driver_sql(
+                "SELECT id, text, title, source, kind, reliability, supersedes, superseded_by, dated_at FROM note "
+                f"WHERE id IN ({marks})", tuple(found)):
+            c = found[int(row[0])]
+            c.text, c.title, c.source, c.kind, c.reliability = row[1], row[2], row[3], row[4], int(row[5])
+            c.supersedes, c.superseded_by = row[6], row[7]
+            c.dated = _parse_time(row[8])
+        return [c for c in found.values() if c.source]
+
+    @staticmethod
+    def _weights(conn: Connection, items: Sequence[Concept]) -> tuple[list[float], list[bool]]:
+        """Inverse document frequency per concept (over its synonyms too): rare words decide relevance. A name no
+        note contains gets a negative weight, as a flag."""
+        every = sorted({s for c in items for s in c.matches})
+        marks = ",".join("?" * len(every))
+        docs: dict[str, int] = {str(term): int(count) for term, count in conn.exec_driver_sql(
+            f"SELECT term, doc FROM note_vocab WHERE term IN ({marks})", tuple(every))}
+        total = int(conn.exec_driver_sql("SELECT count(*) FROM note").scalar_one())
+        weights: list[float] = []
+        common: list[bool] = []
+        for c in items:
+            df = min(total, sum(docs.get(s, 0) for s in c.matches))
+            weight = _idf(df, total)
+            if df == 0:  # a word no note has: a name decides (negative: nothing answers it); a turn of phrase
+                weight = -weight if c.named else _idf(1, total) * UNKNOWN_WORD  # barely counts
+            weights.append(weight)
+            common.append(df > max(COMMON_MIN_NOTES, COMMON_SHARE * total))
+        return weights, common
+
+    def _rerank(self, items: Sequence[Concept], weights: list[float], candidates: list[_Candidate], *,
+                recent: bool) -> list[Hit]:
+        whole = sum(weights) or 1.0
+        best_bm25 = max(c.bm25 for c in candidates) or 1.0
+        now = self.ledger.now()
+        scored: list[Hit] = []
+        terms: dict[int, set[str]] = {}
+        for c in candidates:
+            sequence = passage_stems(f"{c.title}\n{c.text}")
+            present = terms[c.id] = set(sequence)
+            in_title = set(passage_stems(c.title))
+            coverage = title = 0.0
+            matched: set[str] = set()
+            for concept, weight in zip(items, weights, strict=True):
+                if concept.stem in present:
+                    coverage += weight
+                    matched.add(concept.stem)
+                elif concept.matches & present:
+                    coverage += weight * SYNONYM_CREDIT
+                    matched.add(concept.stem)
+                if concept.matches & in_title:
+                    title += weight
+            coverage /= whole
+            if coverage < KEEP_COVERAGE:
+                continue
+            relevance = (_WEIGHTS["coverage"] * coverage + _WEIGHTS["bm25"] * c.bm25 / best_bm25
+                         + _WEIGHTS["title"] * title / whole + _WEIGHTS["proximity"] * _proximity(items, sequence))
+            age_days = max(0.0, (now - c.dated).total_seconds() / 86_400)
+            freshness = RECENT_QUESTION * math.exp(-age_days / 180) if recent else RECENCY * math.exp(-age_days / 365)
+            score = relevance + 0.03 * (c.reliability - 1) / 2 + freshness
+            if c.superseded_by is not None:
+                score *= 0.5
+            scored.append(Hit(c.id, c.text, c.title, c.source, c.kind, score, c.dated, coverage, c.supersedes,
+                              c.superseded_by, frozenset(matched)))
+        if not scored or max(h.coverage for h in scored) < self.min_coverage:
+            return []  # no passage answers enough of the question: better no note than a wrong one
+        scored.sort(key=lambda h: -h.score)
+        floor = scored[0].score * KEEP_RATIO
+        return _newest_first_on_the_same_subject([h for h in scored if h.score >= floor], terms)
+
+    def _with_replacements(self, conn: Connection, hits: list[Hit]) -> list[Hit]:
+        """A superseded note never comes before its replacement: the current note of its chain is placed just
+        ahead of it (fetched when the question's words did not find it)."""
+        ordered: dict[int, Hit] = {}
+        for hit in hits:
+            if hit.superseded_by is not None:
+                head = self._current(conn, hit)
+                if head is not None and head.id not in ordered:
+                    ordered[head.id] = head
+            ordered.setdefault(hit.id, hit)
+        return list(ordered.values())
+
+    def _current(self, conn: Connection, hit: Hit) -> Hit | None:
+        """The note at the head of `hit`'s supersession chain."""
+        note_id, seen = hit.superseded_by, {hit.id}
+        row = None
+        while note_id is not None and note_id not in seen:
+            seen.add(note_id)
+            row = conn.exec_driver_sql("SELECT id, text, title, source, kind, supersedes, superseded_by, dated_at "
+                                       "FROM note WHERE id = ?", (note_id,)).first()
+            if row is None:
+                return None
+            note_id = row[6]
+        if row is None:
+            return None
+        return Hit(int(row[0]), row[1], row[2], row[3], row[4], hit.score + 1e-6, _parse_time(row[7]),
+                   hit.coverage, row[5], row[6], hit.matched)
+
+
+def _idf(df: int, total: int) -> float:
+    return math.log(1 + (total - df + 0.5) / (df + 0.5))
+
+
+@lru_cache(maxsize=50_000)
+def passage_stems(text: str) -> tuple[str, ...]:
+    """A passage's stems, kept for the passages searched most (a long-running process asks about the same notes)."""
+    return tuple(stems(text))
+
+
+def _proximity(items: Sequence[Concept], sequence: Sequence[str]) -> float:
+    """Share of the question's neighbouring word pairs that stand within two words of each other in the passage."""
+    if len(items) < 2:
+        return 1.0 if items and items[0].matches & set(sequence) else 0.0
+    where: dict[str, list[int]] = {}
+    for index, word in enumerate(sequence):
+        where.setdefault(word, []).append(index)
+    positions = [{i for m in c.matches for i in where.get(m, ())} for c in items]
+    near = 0
+    for left, right in itertools.pairwise(positions):
+        if left and right and any(p + d in right for p in left for d in (-2, -1, 1, 2)):
+            near += 1
+    return near / (len(items) - 1)
+
+
+def _newest_first_on_the_same_subject(hits: list[Hit], terms: dict[int, set[str]]) -> list[Hit]:
+    """Two passages that answer the same words of the question state the same fact at different times: the newer
+    one goes first (an older runbook never outranks the note that updated it)."""
+    result = list(hits)
+    for i in range(len(result)):
+        for j in range(i + 1, len(result)):
+            older, newer = result[i], result[j]
+            if (newer.matched == older.matched and newer.dated - older.dated > dt.timedelta(days=1)
+                    and newer.coverage >= older.coverage - 0.05
+                    and _overlap(terms[older.id], terms[newer.id]) >= SAME_SUBJECT):
+                result[i], result[j] = replace(newer, score=max(newer.score, older.score)), older
+    return result
+
+
+def _overlap(a: set[str], b: set[str]) -> float:
+    return len(a & b) / (len(a | b) or 1)
+
+
+def _parse_time(value: object) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return as_utc(value)
+    return as_utc(dt.datetime.fromisoformat(str(value)))
