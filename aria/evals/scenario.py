@@ -69,8 +69,8 @@ class Note(Strict):
     """A note in the scenario's knowledge store (the ledger's notes), stored before the first step: it reaches the
     model through the notes a request gets (aria/agent/recall.py) and the `recall` tool."""
 
-    title: str = ""
-    text: str
+    title: str = Field(default="", max_length=200)
+    text: str = Field(min_length=1, max_length=4000)  # one note (aria.knowledge.store.MAX_NOTE_CHARS)
     kind: Literal["owner", "runbook", "web", "tool"] = "web"  # who it comes from: only `owner` is trusted
     source: str | None = None  # where it came from (default: by kind, e.g. a page's URL for web)
     replaces: int | None = Field(default=None, ge=1)  # an earlier note of this list (1 = the first) it supersedes
