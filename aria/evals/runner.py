@@ -48,8 +48,9 @@ from aria.evals.stage import (
     write_mcp,
 )
 from aria.events import EventIngress
+from aria.knowledge.owner import MAX_LEARN_CHARS, learn_document
 from aria.telegram.attachments import document_incoming, forward_source
-from aria.telegram.handlers import ACKNOWLEDGEMENTS, details_text
+from aria.telegram.handlers import ACKNOWLEDGEMENTS, details_text, is_learn
 
 log = logging.getLogger(__name__)
 Mode = Literal["scripted", "live"]
@@ -293,9 +294,18 @@ class Player:
 
     async def _document(self, step: Step) -> None:
         """A document the owner sends (or forwards from `sender`), read and made into a request exactly as a Telegram
-        document is (or refused with the same answer)."""
+        document is (or refused with the same answer); captioned /learn, its passages become notes, as in Telegram."""
         limit = self.settings.document_max_bytes
         data = self.scenario.document_text(step).encode()
+        if step.sender is None and is_learn(step.caption):  # captioned /learn: kept as notes, not answered
+            try:
+                document = read_document(step.document, data, max(limit, MAX_LEARN_CHARS))
+            except DocumentRefused as refusal:
+                await self.aria.runs.reply(self.channel, OWNER, str(refusal))
+                return
+            said = await asyncio.to_thread(learn_document, self.aria.knowledge, document.name, document.text)
+            await self.aria.runs.reply(self.channel, OWNER, said)
+            return
         try:
             incoming = document_incoming(read_document(step.document, data, limit), step.caption, step.sender,
                                          limit)
