@@ -1,9 +1,10 @@
 """The answer as it is written: a draft in private chats (sendMessageDraft, Bot API 9.5), else edits of one message.
 
 The model's stream calls `update` with the answer so far; a background task shows the newest text at most once per
-interval, so a fast model costs a bounded number of Bot API calls and a slow one shows every piece. A 429's
-`retry_after` is waited out by skipping updates, never by holding up the stream. Drafts are ephemeral previews: the
-final answer is still one normal message (or several), sent from the outbox when the run ends.
+interval, the first time once the run has taken a moment (a quick answer arrives whole, with no preview call), so a
+fast model costs a bounded number of Bot API calls and a slow one shows every piece. A 429's `retry_after` is waited
+out by skipping updates, never by holding up the stream. Drafts are ephemeral previews: the final answer is still
+one normal message (or several), sent from the outbox when the run ends.
 
 A Bot API without drafts (an older server, an emulator) answers the first draft with an error: from then on this
 process previews by editing the run's progress message instead, which the final answer then replaces.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 from telegram import Bot
 from telegram.constants import MessageLimit, ParseMode
@@ -25,6 +27,7 @@ from aria.telegram.progress import ProgressMessage
 log = logging.getLogger(__name__)
 
 PREVIEW_EVERY = 1.0  # seconds between two updates of one preview (Telegram allows about one per second per chat)
+PREVIEW_AFTER = 0.4  # an answer complete sooner than this after its run began needs no preview (nor its API call)
 
 
 class DraftSupport:
@@ -38,7 +41,7 @@ class AnswerPreview:
     """Shows the newest text of one run's answer, throttled, as a draft or by editing the progress message."""
 
     def __init__(self, bot: Bot, chat_id: int, draft_id: int, progress: ProgressMessage, support: DraftSupport, *,
-                 every: float = PREVIEW_EVERY) -> None:
+                 every: float = PREVIEW_EVERY, after: float = PREVIEW_AFTER) -> None:
         self.bot, self.chat_id, self.draft_id = bot, chat_id, draft_id
         self.progress = progress
         self.support = support
@@ -47,7 +50,7 @@ class AnswerPreview:
         self._drafts = chat_id > 0
         self._latest = ""
         self._shown = ""
-        self._next_at = 0.0
+        self._next_at = time.monotonic() + after
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
 
@@ -68,9 +71,8 @@ class AnswerPreview:
                 await self._task
 
     async def _pump(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._stopped and self._latest != self._shown:
-            wait = self._next_at - loop.time()
+            wait = self._next_at - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             text = self._latest
@@ -79,7 +81,7 @@ class AnswerPreview:
             except RetryAfter as exc:  # left after the rate limiter's own retries
                 retry_after = exc.retry_after
                 seconds = retry_after.total_seconds() if hasattr(retry_after, "total_seconds") else float(retry_after)
-                self._next_at = loop.time() + seconds
+                self._next_at = time.monotonic() + seconds
                 continue
             except TelegramError as exc:
                 if _transient(exc):  # a lost preview is cosmetic; the next update tries again
@@ -89,7 +91,7 @@ class AnswerPreview:
                     self._stopped = True
                     return
             self._shown = text
-            self._next_at = loop.time() + self.every
+            self._next_at = time.monotonic() + self.every
 
     async def _show(self, text: str) -> None:
         html = _tail(to_html(text))
