@@ -265,7 +265,8 @@ class Agent:
         for source in request_sources(request):
             self.tools.taint(scope, state.provenance, source)
         state.route = self.router.route(request.text, escalate=request.escalate)
-        share = day_spent / self.budget.day_cap if self.budget.day_cap else 1.0
+        day_cap = self.budget.day_cap  # one read: the owner's override and today's raise included
+        share = day_spent / day_cap if day_cap else 1.0
         state.models = self.router.chain(state.route, day_share_used=share)
         if share >= self.router.cheap_only_share:
             state.escalated = True  # no escalation past the share: the strong model is off for today
