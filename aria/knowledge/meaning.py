@@ -1,0 +1,69 @@
+"""Meaning, for questions that share few words with the passage that answers them: a static embedding model
+(WordLlama's l2_supercat, 256 dimensions, whose weights and tokenizer ship inside the `wordllama` wheel, so it
+loads offline in a fraction of a second and never downloads anything).
+
+The model loads on the first search, not when Aria starts, so start-up and idle memory stay as they were until
+notes are asked about. Passages are embedded when they are first ranked and kept by text in a bounded cache: a
+search embeds only the candidates BM25 found, never the whole index.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+log = logging.getLogger(__name__)
+CACHED_PASSAGES = 50_000  # vectors kept (256 float32 each: ~50 MB at most)
+Vectors = NDArray[np.float32]
+
+
+class Embedder:
+    """Unit vectors for texts, so a dot product is their cosine similarity."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+        self._cache: OrderedDict[str, Vectors] = OrderedDict()
+
+    def vectors(self, texts: Sequence[str]) -> Vectors:
+        """One unit vector per text, in order (cached texts are not embedded again)."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            fresh = np.asarray(self._model.embed(missing, norm=True), dtype=np.float32)
+            for text, vector in zip(missing, fresh, strict=True):
+                self._cache[text] = vector
+            while len(self._cache) > CACHED_PASSAGES:
+                self._cache.popitem(last=False)
+        for text in texts:
+            self._cache.move_to_end(text)
+        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
+
+    def similarities(self, query: str, texts: Sequence[str]) -> list[float]:
+        """Cosine similarity of `query` to each text."""
+        if not texts:
+            return []
+        question = np.asarray(self._model.embed([query], norm=True), dtype=np.float32)[0]
+        return [float(s) for s in self.vectors(texts) @ question]
+
+
+@cache
+def shared_embedder() -> Embedder | None:
+    """The process's embedder, loaded once from the wheel's own files; None (lexical search only) when the
+    package or its files are missing."""
+    try:
+        import wordllama  # imports numpy, tokenizers and safetensors: only when notes are first searched
+        from wordllama import WordLlama
+
+        # The wheel keeps its tokenizer in `tokenizers/`, which `load()` looks for only under a cache folder:
+        # the package's own folder is that cache, and downloads stay off.
+        model = WordLlama.load(cache_dir=Path(wordllama.__file__).parent, disable_download=True)
+    except (ImportError, OSError, ValueError) as exc:
+        log.warning("notes are searched by their words only: the embedding model did not load (%s)", exc)
+        return None
+    return Embedder(model)
