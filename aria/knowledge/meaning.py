@@ -44,6 +44,10 @@ class Embedder:
             self._cache.move_to_end(text)
         return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
 
+    def forget(self) -> None:
+        """Drop every cached vector (the bench measures cold searches)."""
+        self._cache.clear()
+
     def similarities(self, query: str, texts: Sequence[str]) -> list[float]:
         """Cosine similarity of `query` to each text."""
         if not texts:
