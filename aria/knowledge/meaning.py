@@ -35,7 +35,7 @@ class Embedder:
         """One unit vector per text, in order (cached texts are not embedded again)."""
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if missing:
-            fresh = np.asarray(self._model.embed(missing, norm=True), dtype=np.float32)
+            fresh = self._embed(missing)
             for text, vector in zip(missing, fresh, strict=True):
                 self._cache[text] = vector
             while len(self._cache) > CACHED_PASSAGES:
@@ -43,6 +43,12 @@ class Embedder:
         for text in texts:
             self._cache.move_to_end(text)
         return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
+
+    def _embed(self, texts: list[str]) -> Vectors:
+        # A text of no known token has no direction: its zero vector is similar to nothing (not NaN).
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vectors = np.asarray(self._model.embed(texts, norm=True), dtype=np.float32)
+        return np.nan_to_num(vectors, nan=0.0, posinf=0.0, neginf=0.0)
 
     def forget(self) -> None:
         """Drop every cached vector (the bench measures cold searches)."""
@@ -52,7 +58,7 @@ class Embedder:
         """Cosine similarity of `query` to each text."""
         if not texts:
             return []
-        question = np.asarray(self._model.embed([query], norm=True), dtype=np.float32)[0]
+        question = self._embed([query])[0]
         return [float(s) for s in self.vectors(texts) @ question]
 
 
