@@ -4,6 +4,7 @@ with the question, and does not stop unknown subjects from being declined."""
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,15 @@ def test_months_are_dates_not_names_and_unknown_subjects_are_still_declined(runb
     assert runbooks.search("What is the RAID level of the Dell PowerEdge?") == []  # names no note has
     assert runbooks.search("Who is our plumber?") == []
     assert runbooks.search("When is the chimney sweep coming?") == []
+
+
+def test_without_the_model_notes_are_still_found_by_their_words(runbooks: Knowledge,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    shared_embedder.cache_clear()
+    monkeypatch.setitem(sys.modules, "wordllama", None)  # as if the package were missing: its import fails
+    try:
+        assert shared_embedder() is None
+        [first, *_] = runbooks.search("What port does postgres_exporter listen on?")
+        assert "9187" in first.text
+    finally:
+        shared_embedder.cache_clear()

@@ -10,6 +10,7 @@ search embeds only the candidates BM25 found, never the whole index.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from functools import cache
@@ -30,19 +31,22 @@ class Embedder:
     def __init__(self, model: Any) -> None:
         self._model = model
         self._cache: OrderedDict[str, Vectors] = OrderedDict()
+        self._lock = threading.Lock()  # searches may come from more than one thread
 
     def vectors(self, texts: Sequence[str]) -> Vectors:
         """One unit vector per text, in order (cached texts are not embedded again)."""
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        if missing:
-            fresh = self._embed(missing)
-            for text, vector in zip(missing, fresh, strict=True):
+        if not texts:
+            return np.zeros((0, 0), np.float32)
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+            found = dict(zip(missing, self._embed(missing), strict=True)) if missing else {}
+            found.update((t, self._cache[t]) for t in texts if t not in found)
+            for text, vector in found.items():  # the newest at the end, the oldest dropped first
                 self._cache[text] = vector
+                self._cache.move_to_end(text)
             while len(self._cache) > CACHED_PASSAGES:
                 self._cache.popitem(last=False)
-        for text in texts:
-            self._cache.move_to_end(text)
-        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 0), np.float32)
+        return np.stack([found[t] for t in texts])
 
     def _embed(self, texts: list[str]) -> Vectors:
         # A text of no known token has no direction: its zero vector is similar to nothing (not NaN).
@@ -52,7 +56,8 @@ class Embedder:
 
     def forget(self) -> None:
         """Drop every cached vector (the bench measures cold searches)."""
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
 
     def similarities(self, query: str, texts: Sequence[str]) -> list[float]:
         """Cosine similarity of `query` to each text."""

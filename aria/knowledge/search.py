@@ -27,7 +27,7 @@ from aria.ledger import Ledger, as_utc
 
 CANDIDATES = 30  # BM25 candidates reranked (as many as 40 found no more answers, and cost more to embed)
 NEIGHBOURS = 20  # and notes nearest in meaning, while there are at most NEIGHBOUR_NOTES notes
-NEIGHBOUR_NOTES = 5_000
+NEIGHBOUR_NOTES = 2_000  # (a first search embeds them all: about 0.3 s at this size)
 COMMON_SHARE = 0.05  # a word in more than this share of the notes (and more than COMMON_MIN_NOTES) finds no
 COMMON_MIN_NOTES = 500  # candidates on its own
 MIN_COVERAGE = 0.5  # share of the question's weight the best passage must answer, else nothing is returned
