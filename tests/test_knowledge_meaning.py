@@ -60,3 +60,12 @@ def test_without_the_model_notes_are_still_found_by_their_words(runbooks: Knowle
         assert "9187" in first.text
     finally:
         shared_embedder.cache_clear()
+
+
+def test_with_no_notes_nothing_is_found_and_the_model_stays_unloaded(ledger: Ledger) -> None:
+    shared_embedder.cache_clear()
+    try:
+        assert Knowledge(ledger).search("how do I restart the database?") == []
+        assert shared_embedder.cache_info().currsize == 0
+    finally:
+        shared_embedder.cache_clear()

@@ -106,7 +106,10 @@ class Searcher:
         if not items:
             return []
         with self.ledger.read_conn() as conn:
-            weights, common = self._weights(conn, items)
+            total = int(conn.exec_driver_sql("SELECT count(*) FROM note").scalar_one())
+            if total == 0:
+                return []  # (and the embedding model is not loaded for nothing)
+            weights, common = self._weights(conn, items, total)
             unknown = sum(1 for c, w in zip(items, weights, strict=True) if c.named and w < 0)
             if unknown and 2 * unknown >= sum(1 for c in items if c.named):
                 return []  # the question is about things no note mentions by name: no note can answer it
@@ -119,7 +122,7 @@ class Searcher:
             found = self._lexical(conn, rare)
             embedder = shared_embedder() if self.meaning else None
             if embedder is not None:
-                for note_id in self._neighbours(conn, embedder, query):
+                for note_id in self._neighbours(conn, embedder, query, total):
                     found.setdefault(note_id, _Candidate(note_id, 0.0))
             candidates = self._candidates(conn, found)
             if not candidates:
@@ -139,10 +142,9 @@ class Searcher:
         return {int(r[0]): _Candidate(int(r[0]), -float(r[1])) for r in rows}
 
     @staticmethod
-    def _neighbours(conn: Connection, embedder: Embedder, query: str) -> list[int]:
+    def _neighbours(conn: Connection, embedder: Embedder, query: str, total: int) -> list[int]:
         """The notes nearest the question in meaning, found by comparing it with every note: only while there are
         few enough notes to embed them all on a first search (beyond that, meaning reranks the BM25 candidates)."""
-        total = int(conn.exec_driver_sql("SELECT count(*) FROM note").scalar_one())
         if total > NEIGHBOUR_NOTES:
             return []
         rows = conn.exec_driver_sql("SELECT id, title, text FROM note").all()
@@ -166,14 +168,13 @@ class Searcher:
         return [c for c in found.values() if c.source]
 
     @staticmethod
-    def _weights(conn: Connection, items: Sequence[Concept]) -> tuple[list[float], list[bool]]:
+    def _weights(conn: Connection, items: Sequence[Concept], total: int) -> tuple[list[float], list[bool]]:
         """Inverse document frequency per concept (over its synonyms too): rare words decide relevance. A name no
         note contains gets a negative weight, as a flag."""
         every = sorted({s for c in items for s in c.matches})
         marks = ",".join("?" * len(every))
         docs: dict[str, int] = {str(term): int(count) for term, count in conn.exec_driver_sql(
             f"SELECT term, doc FROM note_vocab WHERE term IN ({marks})", tuple(every))}
-        total = int(conn.exec_driver_sql("SELECT count(*) FROM note").scalar_one())
         weights: list[float] = []
         common: list[bool] = []
         for c in items:
