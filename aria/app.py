@@ -39,6 +39,7 @@ from aria.mcp.config import load_mcp_config
 from aria.mcp.hub import McpHub
 from aria.outbox import Outbox
 from aria.policy import load_policy
+from aria.rollout import Rollout
 from aria.runs import RunService
 from aria.scheduler import Scheduler
 from aria.skills import SkillSet, ToolContext, builtin_skills_dir, discover
@@ -75,6 +76,7 @@ class Aria:
     digests: DigestService = field(init=False, repr=False)
     alerts: Alerts = field(init=False, repr=False)
     runs: RunService = field(init=False, repr=False)
+    rollout: Rollout = field(init=False, repr=False)
     channels: list[Channel] = field(default_factory=list, repr=False)
     strangers: Strangers = field(default_factory=Strangers, repr=False)  # non-owners warned about today
     transcriber: Transcriber | None = field(default=None, repr=False)  # voice notes; None while they are off
@@ -126,6 +128,8 @@ class Aria:
         aria.alerts = Alerts(aria, aria.outbox)
         aria.runs = RunService(aria)
         aria.transcriber = build_transcriber(settings, ledger, budget)
+        aria.rollout = Rollout(aria)
+        runner.on_shadow = aria.rollout.propose
         return aria
 
     async def start(self, *channels: Channel) -> None:

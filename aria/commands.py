@@ -12,6 +12,7 @@ from aria.agent.outcome import Action
 from aria.errors import LedgerUnavailable
 from aria.knowledge import owner as notes
 from aria.mcp.commands import mcp_text
+from aria.rollout.views import shadow_command
 from aria.scheduler import PAUSED_FLAG
 from aria.views import help_text, set_autonomy, skills_text, status_text
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 
 COST_MAX_DAYS = 90
 NAMES = ("help", "start", "status", "skills", "digest", "cost", "approvals", "pause", "resume", "mcp",
-         *notes.COMMANDS, *control.NAMES, "trace", "export")
+         *notes.COMMANDS, *control.NAMES, "trace", "export", "shadow")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ async def answer(aria: Aria, name: str, args: list[str], *, chat_id: int | None 
                 for a in pending]
     if name == "mcp":
         return [Reply(mcp_text(aria.mcp, args))]
+    if name == "shadow":
+        return [Reply(text, actions=actions) for text, actions in shadow_command(aria, args)]
     if name in ("pause", "resume"):
         return [Reply(_switch(aria, paused=name == "pause"))]
     if name in notes.COMMANDS:

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     allow_risky_auto: bool = False
     anomaly_factor: float = Field(default=3.0, gt=1)
 
+    # Shadow deployment and gradual rollout: a promotion is suggested only past both gates
+    rollout_min_judged: int = Field(default=20, ge=1)  # judged proposals (or decided approvals) at the level
+    rollout_min_agreement: float = Field(default=0.90, gt=0, le=1)  # Wilson 95 % lower bound on agreement
+
     log_level: str = "INFO"
 
     @field_validator("owner_ids", mode="before")

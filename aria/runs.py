@@ -150,6 +150,11 @@ class RunService:
             self.aria.scheduler.cancel(f"approval-expiry:{approval.id}")  # decided: its expiry will never come
             self.mark_approval(approval, f"{'Approved' if result == 'approved' else 'Rejected'} by you.")
             await self.resume(approval, channel)
+        if result == "rejected":  # a critical miss: the skill goes down a level at once, and the owner is told
+            notice = self.aria.rollout.approval_rejected(approval, user_id)
+            chat_id = approval.chat_id if approval.chat_id is not None else self.owner_chat()
+            if notice is not None and chat_id is not None:
+                await self.reply(channel, chat_id, notice.text)
         return result
 
     async def resume(self, approval: Approval, channel: Channel | None = None) -> Outcome | None:

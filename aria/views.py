@@ -25,6 +25,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("digest", "today's digest: spend, runs, failures, with a chart"),
     ("cost", "spend over the last days: /cost [days]"),
     ("approvals", "actions waiting for your approval"),
+    ("shadow", "what skills in shadow mode proposed, agreement, promotions"),
     ("pause", "stop every risky and scheduled action"),
     ("resume", "let actions run again"),
     ("mcp", "MCP servers and their tools; /mcp accept|keep <tool> after a tool's definition changed"),

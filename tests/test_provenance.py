@@ -249,6 +249,8 @@ def test_egress_after_taint_is_judged_against_named_hosts_and_the_fetch_allow_se
     assert tainted.unnamed_host("https://www.example.com/", allow) == "www.example.com"  # only what was named
     for allowed in ("https://EXAMPLE.com./a", "http://wiki.corp.example/", "http://192.168.1.5:8080/"):
         assert tainted.unnamed_host(allowed, allow) is None
+    assert tainted.unnamed_host("www.true-informations.example/x", allow) == "www.true-informations.example"
+    assert tainted.unnamed_host("example.com/page", allow) is None  # without a scheme, a named host is still named
     assert Provenance.from_json(tainted.to_json()) == tainted
 
 

@@ -60,7 +60,8 @@ class Provenance:
         named by the owner nor allowed by ARIA_FETCH_ALLOW. None when the request may go (or the run is clean)."""
         if not self.tainted:
             return None
-        host = url_host(url)
+        # A tool may take a URL without its scheme ("www.host.example/page"): that names a host all the same.
+        host = url_host(url) or url_host(f"http://{url.strip()}")
         if host is None:
             return None  # not a URL the tools will send anything to; they refuse it themselves
         if host in self.owner_hosts or allow.allows_name(host):

@@ -100,6 +100,8 @@ class ToolRunner:
         self.gate = gate
         # The editor's model review of drafts for third parties (ARIA_DRAFT_REVIEW); None when it is off.
         self.reviewer: Callable[[CallScope, str], Awaitable[Review]] | None = None
+        # Records what a skill in shadow mode would have done, for the owner to judge (aria.rollout).
+        self.on_shadow: Callable[[int, ToolSpec, dict[str, Any], Provenance | None], object] | None = None
 
     async def run(self, scope: CallScope, call: ToolCallRequest, ctx: ToolContext, *, offered: Collection[str],
                   provenance: Provenance | None = None, approved: bool = False) -> ToolRun:
@@ -129,7 +131,10 @@ class ToolRunner:
             if decision.action in ("run", "approve") and self.reviewer is not None and spec.outbound_text_args:
                 decision = await self._reviewed(scope, spec, data, decision)
             if decision.action != "run":
-                return self._gated(scope, call, spec, decision, data)
+                gated = self._gated(scope, call, spec, decision, data)
+                if decision.action == "shadow" and self.on_shadow is not None:
+                    self.on_shadow(scope.run_id, spec, data, provenance)
+                return gated
         if spec.url_arg is not None and provenance is not None:
             asked = arguments.model_dump(mode="json").get(spec.url_arg)
             ctx = replace(ctx, egress=self._egress_check(provenance, asked))

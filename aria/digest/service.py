@@ -23,6 +23,7 @@ from aria.digest.text import cost_text, digest_text, status_lines
 from aria.jobs import will_run
 from aria.ledger import as_utc, usd_to_micros
 from aria.outbox import Outbox
+from aria.rollout.views import digest_lines
 from aria.scheduler import NOOP, NothingDue, Scheduler
 
 if TYPE_CHECKING:
@@ -113,6 +114,9 @@ class DigestService:
     def _digest(self, day: dt.date, state: LiveState, today: dt.date, note: str) -> Digest:
         data = load_digest(self.ledger, day, self.tz, day_cap=self.day_cap, month_cap=self.month_cap)
         text = digest_text(data, state, tz=self.tz, today=today, note=note)
+        rollout = digest_lines(self.aria)  # per-skill autonomy, agreement and approval rates
+        if rollout:
+            text += "\n\n" + "\n".join(rollout)
         png = digest_chart(data.spend_chart, data.runs_chart, self.day_cap) if data.chartable else None
         return Digest(day, text, png)
 

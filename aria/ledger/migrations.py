@@ -390,6 +390,49 @@ def m012_evals(conn: Connection) -> None:
     """)
 
 
+def m013_shadow_rollout(conn: Connection) -> None:
+    """Shadow proposals with the owner's 👍/👎 and note, and the rollout steps of each skill (suggested promotions,
+    promotions, demotions), so agreement and the promotion gate are computed from recorded judgements."""
+    _run(conn, """
+    CREATE TABLE proposal (
+        id INTEGER NOT NULL PRIMARY KEY,
+        run_id INTEGER,
+        skill VARCHAR NOT NULL,
+        tool VARCHAR NOT NULL,
+        risk VARCHAR NOT NULL,
+        args_json VARCHAR NOT NULL,
+        summary VARCHAR NOT NULL,
+        sources VARCHAR,
+        chat_id INTEGER,
+        outbox_id INTEGER,
+        verdict VARCHAR,
+        note VARCHAR,
+        judged_by INTEGER,
+        judged_at DATETIME,
+        created_at DATETIME NOT NULL
+    );
+    CREATE INDEX ix_proposal_run_id ON proposal (run_id);
+    CREATE INDEX ix_proposal_skill ON proposal (skill, created_at);
+    CREATE INDEX ix_proposal_outbox ON proposal (outbox_id);
+    CREATE TABLE rollout (
+        id INTEGER NOT NULL PRIMARY KEY,
+        skill VARCHAR NOT NULL,
+        kind VARCHAR NOT NULL,
+        from_level VARCHAR NOT NULL,
+        to_level VARCHAR NOT NULL,
+        reason VARCHAR NOT NULL,
+        status VARCHAR NOT NULL,
+        judged INTEGER NOT NULL,
+        agreed INTEGER NOT NULL,
+        lower_bound FLOAT NOT NULL,
+        created_at DATETIME NOT NULL,
+        decided_by INTEGER,
+        decided_at DATETIME
+    );
+    CREATE INDEX ix_rollout_skill ON rollout (skill, id)
+    """)
+
+
 def m014_intake(conn: Connection) -> None:
     """Spend rows can name the recorded message they were made for (a voice note's transcription, before any run),
     so the run that answers it adopts them. The partial index keeps that look-up, made as every run opens, tiny."""
@@ -401,7 +444,8 @@ def m014_intake(conn: Connection) -> None:
 
 MIGRATIONS: list[Migration] = [m001_initial, m002_breakers_and_flags, m003_reminders, m004_delivery_and_events,
                                m005_hot_path_indexes, m006_durable_runs, m007_event_replay_key, m008_run_answer,
-                               m009_owner_control, m010_mcp, m011_knowledge, m012_evals, m014_intake]
+                               m009_owner_control, m010_mcp, m011_knowledge, m012_evals, m013_shadow_rollout,
+                               m014_intake]
 
 
 def applied(conn: Connection) -> set[str]:

@@ -287,3 +287,47 @@ class EvalResult(SQLModel, table=True):
     steps: int = 0
     model_calls: int = 0
     seconds: float = 0.0
+
+
+ProposalVerdict = Literal["up", "down"]
+RolloutKind = Literal["suggested", "promoted", "demoted", "held"]
+RolloutStatus = Literal["open", "applied", "stale", "done"]
+
+
+class Proposal(SQLModel, table=True):
+    """An action a skill in shadow mode would have taken, and the owner's judgement of it (👍 would have approved)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int | None = Field(default=None, index=True)
+    skill: str
+    tool: str
+    risk: str
+    args_json: str  # redacted
+    summary: str
+    sources: str | None = None  # the untrusted content the run had read before proposing it
+    chat_id: int | None = None
+    outbox_id: int | None = None  # the "I would have done X" message
+    verdict: ProposalVerdict | None = Field(default=None, sa_type=String)
+    note: str | None = None
+    judged_by: int | None = None
+    judged_at: dt.datetime | None = None
+    created_at: dt.datetime
+
+
+class Rollout(SQLModel, table=True):
+    """A step of a skill's rollout: a promotion suggested (applied only on the owner's press), a promotion, a
+    demotion after a critical miss, or a miss that found the skill already at the lowest level."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    skill: str
+    kind: RolloutKind = Field(sa_type=String)
+    from_level: str
+    to_level: str
+    reason: str
+    status: RolloutStatus = Field(default="done", sa_type=String)
+    judged: int = 0
+    agreed: int = 0
+    lower_bound: float = 0.0
+    created_at: dt.datetime
+    decided_by: int | None = None
+    decided_at: dt.datetime | None = None

@@ -14,9 +14,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from mcp.types import Tool, ToolAnnotations
+from typing import TYPE_CHECKING, Any
 
 from aria.agent.outcome import Action
 from aria.breaker import BreakerBoard
@@ -24,10 +22,14 @@ from aria.errors import ToolError
 from aria.ledger import Ledger, McpPin
 from aria.mcp.config import McpConfig, ServerConfig
 from aria.mcp.pins import Decision, PinStore, definition_of, diff_text
-from aria.mcp.session import ServerConnection
 from aria.mcp.tools import McpToolSpec, make_spec
 from aria.outbox import Outbox
 from aria.skills import Skill, SkillSet
+
+if TYPE_CHECKING:
+    from mcp.types import Tool
+
+    from aria.mcp.session import ServerConnection
 
 log = logging.getLogger(__name__)
 DIFF_CHARS = 2500
@@ -56,6 +58,9 @@ class McpHub:
         self.owner_ids = list(owner_ids)
         self.pins = PinStore(ledger)
         self.rows: dict[str, list[ToolRow]] = {}
+        if config.servers:
+            # The SDK (about 20 MB of modules) is imported only when a server is configured.
+            from aria.mcp.session import ServerConnection
         self.servers: dict[str, ServerConnection] = {
             name: ServerConnection(server, ledger, board.get(f"mcp:{name}"), self._listed, log_dir=log_dir,
                                    target=(targets or {}).get(name), backoff_first=backoff_first,
@@ -143,6 +148,8 @@ class McpHub:
 
     def _pinned_tools(self, server: str) -> list[Tool]:
         """The tools a server had when last seen, from their pins (the trusted definition)."""
+        from mcp.types import Tool, ToolAnnotations
+
         tools: list[Tool] = []
         for pin in self.pins.trusted(server):
             data = json.loads(pin.definition)

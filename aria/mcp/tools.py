@@ -9,15 +9,16 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
-from mcp.types import CallToolResult, TextContent, Tool
 from pydantic import BaseModel, ConfigDict
 
 from aria.errors import ToolError, ToolInputError
 from aria.mcp.config import ServerConfig
 from aria.skills import Risk, ToolContext, ToolSpec, strip_titles
+
+if TYPE_CHECKING:
+    from mcp.types import CallToolResult, Tool
 
 MAX_NAME = 64  # OpenAI's limit for a function name
 MAX_DESCRIPTION = 500  # what the model reads per tool; the pin still covers the whole text
@@ -76,6 +77,8 @@ class McpToolSpec(ToolSpec):
 
     def validate(self, arguments: dict[str, Any]) -> BaseModel:
         """Check the arguments against the server's JSON schema, a line per problem."""
+        import jsonschema  # with the SDK, only once a server is configured
+
         validator = jsonschema.Draft202012Validator(self.parameters)
         problems = [f"{'.'.join(str(p) for p in error.absolute_path) or 'arguments'}: {error.message}"
                     for error in sorted(validator.iter_errors(arguments), key=lambda e: list(e.absolute_path))]
@@ -114,6 +117,8 @@ def make_spec(config: ServerConfig, tool: Tool, invoke: Invoke | None, *, availa
 
 def render_result(result: CallToolResult) -> str:
     """A tool result as text for the model: its text parts, else its structured content, else what kinds it had."""
+    from mcp.types import TextContent
+
     texts = [part.text for part in result.content if isinstance(part, TextContent)]
     if texts:
         return "\n".join(texts)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from aria.mcp.hub import McpHub
-from aria.mcp.session import ServerConnection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aria.mcp.hub import McpHub
+    from aria.mcp.session import ServerConnection
 
 STATE_MARK = {"up": "✅", "starting": "…", "down": "⚠", "stopped": "·"}
 

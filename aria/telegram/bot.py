@@ -21,7 +21,7 @@ from telegram.ext import (
 
 from aria import commands
 from aria.app import Aria
-from aria.telegram import handlers
+from aria.telegram import handlers, shadow
 from aria.telegram.channel import TelegramChannel
 from aria.telegram.intake import Intake
 from aria.telegram.mcp_buttons import mcp_button
@@ -73,7 +73,11 @@ def build_application(aria: Aria, *,
     application.add_handler(CallbackQueryHandler(handlers.change_button, pattern=r"^cfg:"))
     application.add_handler(CallbackQueryHandler(handlers.continue_button, pattern=r"^continue:\d+$"))
     application.add_handler(CallbackQueryHandler(mcp_button, pattern=r"^mcp:"))
+    application.add_handler(CallbackQueryHandler(shadow.judge_button, pattern=r"^sh:"))
+    application.add_handler(CallbackQueryHandler(shadow.promote_button, pattern=r"^ro:"))
     application.add_handler(CallbackQueryHandler(handlers.unknown_button))
+    # A reply to a shadow proposal is a note on it; other text (replies included) is a request.
+    application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND & filters.REPLY, shadow.text_or_note))
     application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND, handlers.text))
     application.add_handler(MessageHandler(filters.COMMAND, handlers.command))
     application.add_handler(MessageHandler(filters.PHOTO | filters.Document.ALL | filters.VOICE, handlers.attachment))
