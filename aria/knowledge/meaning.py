@@ -15,14 +15,16 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from numpy.typing import NDArray
+if TYPE_CHECKING:  # numpy is imported on the first search, not when Aria starts
+    import numpy as np
+    from numpy.typing import NDArray
+
+    Vectors = NDArray[np.float32]
 
 log = logging.getLogger(__name__)
 CACHED_PASSAGES = 50_000  # vectors kept (256 float32 each: ~50 MB at most)
-Vectors = NDArray[np.float32]
 
 
 class Embedder:
@@ -35,6 +37,8 @@ class Embedder:
 
     def vectors(self, texts: Sequence[str]) -> Vectors:
         """One unit vector per text, in order (cached texts are not embedded again)."""
+        import numpy as np
+
         if not texts:
             return np.zeros((0, 0), np.float32)
         with self._lock:
@@ -49,6 +53,8 @@ class Embedder:
         return np.stack([found[t] for t in texts])
 
     def _embed(self, texts: list[str]) -> Vectors:
+        import numpy as np
+
         # A text of no known token has no direction: its zero vector is similar to nothing (not NaN).
         with np.errstate(invalid="ignore", divide="ignore"):
             vectors = np.asarray(self._model.embed(texts, norm=True), dtype=np.float32)
