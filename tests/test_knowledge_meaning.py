@@ -4,6 +4,7 @@ with the question, and does not stop unknown subjects from being declined."""
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 import sys
 from pathlib import Path
 
@@ -69,3 +70,10 @@ def test_with_no_notes_nothing_is_found_and_the_model_stays_unloaded(ledger: Led
         assert shared_embedder.cache_info().currsize == 0
     finally:
         shared_embedder.cache_clear()
+
+
+def test_starting_aria_loads_no_embedding_model() -> None:
+    probe = ("import sys, aria.app, aria.cli; "
+             "print(sorted({'wordllama', 'tokenizers', 'safetensors'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "[]"
