@@ -177,6 +177,8 @@ def expectations(seen: Observed) -> list[str]:
     if want.spend_max_usd is not None and seen.spend_usd > want.spend_max_usd:
         failures.append(f"spent ${seen.spend_usd:.6f}, more than ${want.spend_max_usd}")
     failures += [f"the model was sent {s!r}" for s in want.model_never_saw if any(s in r for r in seen.requests)]
+    failures += [f"no request to the model held {s!r}" for s in want.model_saw
+                 if not any(s in r for r in seen.requests)]
     failures += _ledger_checks(seen)
     return failures
 

@@ -31,17 +31,29 @@ from aria.app import Aria
 from aria.approvals import REFUSALS, Press, PressResult
 from aria.config import Settings
 from aria.digest.service import CATCH_UP_JOB
+from aria.documents import DocumentRefused, read_document
 from aria.evals.checks import Observed, judge
 from aria.evals.model_server import FakeOpenAI
 from aria.evals.scenario import Page, Scenario, Step, fill
 from aria.evals.serving import ServerThread
-from aria.evals.stage import OWNER, EvalChannel, Message, closed_port, pages_app, script, write_sources
+from aria.evals.stage import (
+    MCP_START_SECONDS,
+    OWNER,
+    EvalChannel,
+    Message,
+    closed_port,
+    pages_app,
+    script,
+    store_notes,
+    write_mcp,
+)
 from aria.events import EventIngress
-from aria.telegram.handlers import ACKNOWLEDGEMENTS, details_text
+from aria.knowledge.owner import MAX_LEARN_CHARS, learn_document
+from aria.telegram.attachments import document_incoming, forward_source
+from aria.telegram.handlers import ACKNOWLEDGEMENTS, details_text, is_learn
 
 log = logging.getLogger(__name__)
 Mode = Literal["scripted", "live"]
-STANDINS = Path(__file__).resolve().parent / "standins"
 # Settings an eval instance takes from the configured ones in live mode: the model and its prices.
 LIVE_FIELDS = ("openai_api_key", "openai_base_url", "model_cheap", "model_strong", "model_fallbacks",
                "llm_first_token_seconds", "llm_silence_seconds", "prices_file")
@@ -107,19 +119,19 @@ async def _play(scenario: Scenario, mode: Mode, configured: Settings | None, fol
         sources = sorted({s.event for s in scenario.steps if s.event is not None})
         event_secrets = {source: secrets.token_urlsafe(16) for source in sources}
         settings = _settings(scenario, mode, configured, folder, model, secret, event_secrets)
-        write_sources(scenario, settings.data_dir)
         if model is not None:
             script(model, scenario.model)
             for fault in scenario.faults:
                 if fault.kind == "model_down":
                     for name in [fault.model] if fault.model else _models(settings):
                         model.fail_model(name, fault.status, fault.retry_after)
-        player = Player(settings, event_secrets)
+        player = Player(settings, event_secrets, scenario)
+        store_notes(player.aria.knowledge, scenario.notes)
         await player.start()
         try:
             for index, step in enumerate(scenario.steps):
-                if mode == "live" and step.kind != "say":
-                    continue  # live mode: the owner's messages only
+                if mode == "live" and step.kind not in ("say", "document"):
+                    continue  # live mode: the owner's messages (and documents) only
                 try:
                     await player.play(index, step)
                 except StepProblem as exc:
@@ -162,8 +174,9 @@ def _settings(scenario: Scenario, mode: Mode, configured: Settings | None, folde
         rules = folder / "event-rules.toml"
         rules.write_text(scenario.event_rules, encoding="utf-8")
     values: dict[str, Any] = {
-        "data_dir": folder / "data", "owner_ids": [OWNER], "skills_dir": STANDINS, "fetch_allow": ["127.0.0.1"],
+        "data_dir": folder / "data", "owner_ids": [OWNER], "fetch_allow": ["127.0.0.1"],
         "event_secrets": event_secrets, "day_max_usd": 2.0, "log_level": "WARNING",
+        "mcp_config": write_mcp(scenario, folder),
     }
     if model is not None:
         values |= {"openai_base_url": model.base_url, "openai_api_key": secret}
@@ -205,8 +218,9 @@ def _models(settings: Settings) -> list[str]:
 class Player:
     """Aria built on the eval's settings, and the owner's actions played against it."""
 
-    def __init__(self, settings: Settings, event_secrets: dict[str, str]) -> None:
+    def __init__(self, settings: Settings, event_secrets: dict[str, str], scenario: Scenario) -> None:
         self.settings = settings
+        self.scenario = scenario
         self.event_secrets = event_secrets
         self.silent: list[str] = []  # steps that left the owner without a message
         self.problems: list[str] = []  # steps that could not be played as written
@@ -219,6 +233,7 @@ class Player:
         """Start Aria with the eval channel, as `aria run` starts it with Telegram, and let its start-up jobs (the
         digest's catch-up check) finish: a scenario over in milliseconds must not stop one half-way."""
         await self.aria.start(self.channel)
+        await self.aria.mcp.wait_started(MCP_START_SECONDS)  # its tools listed (and pinned) before the first step
         for _ in range(1000):  # at most about 5 s
             if self.aria.scheduler.aps.get_job(CATCH_UP_JOB) is None and not _scheduled_runs_running(self.aria):
                 break
@@ -251,9 +266,12 @@ class Player:
             await self._run(Request(text=step.text, trigger="message", channel="telegram", chat_id=OWNER,
                                     user_id=OWNER))
         elif step.kind == "forward":
-            await self._run(Request(text=forwarded_request(step.sender, step.text), trigger="forward",
+            sender = step.sender or "someone"
+            await self._run(Request(text=forwarded_request(sender, step.text), trigger="forward",
                                     channel="telegram", chat_id=OWNER, user_id=OWNER,
-                                    sources=(f"a message forwarded from {step.sender} (Telegram)",)))
+                                    sources=(forward_source(sender),)))
+        elif step.kind == "document":
+            await self._document(step)
         elif step.kind == "event":
             await self._event(step.event or "", step.payload, step.signed)
         elif step.kind == "press":
@@ -273,6 +291,29 @@ class Player:
 
     async def _run(self, request: Request) -> None:
         await self.aria.runs.handle(request, self.channel, live=False)
+
+    async def _document(self, step: Step) -> None:
+        """A document the owner sends (or forwards from `sender`), read and made into a request exactly as a Telegram
+        document is (or refused with the same answer); captioned /learn, its passages become notes, as in Telegram."""
+        limit = self.settings.document_max_bytes
+        data = self.scenario.document_text(step).encode()
+        if step.sender is None and is_learn(step.caption):  # captioned /learn: kept as notes, not answered
+            try:
+                document = read_document(step.document, data, max(limit, MAX_LEARN_CHARS))
+            except DocumentRefused as refusal:
+                await self.aria.runs.reply(self.channel, OWNER, str(refusal))
+                return
+            said = await asyncio.to_thread(learn_document, self.aria.knowledge, document.name, document.text)
+            await self.aria.runs.reply(self.channel, OWNER, said)
+            return
+        try:
+            incoming = document_incoming(read_document(step.document, data, limit), step.caption, step.sender,
+                                         limit)
+        except DocumentRefused as refusal:
+            await self.aria.runs.reply(self.channel, OWNER, str(refusal))
+            return
+        await self._run(Request(text=incoming.text, trigger=incoming.trigger, channel="telegram", chat_id=OWNER,
+                                user_id=OWNER, sources=incoming.sources))
 
     async def _event(self, source: str, payload: dict[str, Any], signed: bool) -> None:
         body = json.dumps(payload).encode()

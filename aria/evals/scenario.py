@@ -39,28 +39,41 @@ class Page(Strict):
 
 
 class File(Strict):
-    """A document in the scenario's data folder, read by the `read_document` stand-in tool."""
+    """A document the owner sends in a `document` step (by its name), as Telegram would send it."""
 
-    name: str = Field(pattern=r"^[\w][\w.-]{0,99}$")
+    name: str = Field(min_length=1, max_length=200)
     text: str
     repeat: int = Field(default=1, ge=1, le=10_000_000)  # the text, this many times over: a huge document
 
 
-class McpOutput(Strict):
-    """What an MCP server's tool returns, served by the `mcp_call` stand-in tool."""
+class McpTool(Strict):
+    """One tool of an MCP server the scenario declares: served by a real MCP server process over stdio
+    (aria/evals/mcp_server.py), configured for the scenario's Aria through ARIA_MCP_CONFIG. Aria names it
+    `<server>__<tool>`."""
 
-    server: str
-    tool: str
+    server: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,23}$")
+    tool: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str = ""  # what the server says the tool does (hostile text welcome)
+    changed_description: str | None = None  # listed instead from the server's second start on (after a restart)
+    read_only: bool = True  # annotated read-only (a safe tool); false: it writes (risky, asks the owner)
+    input_schema: dict[str, Any] = Field(default_factory=dict)  # its JSON schema (default: an object, anything)
     output: str = ""
     repeat: int = Field(default=1, ge=1, le=10_000_000)  # the output, this many times over
-    error: str | None = None  # the server fails the call with this message instead (an MCP server outage)
+    error: str | None = None  # the tool answers with isError and this text instead
+    hang: float | None = Field(default=None, gt=0, le=120)  # seconds before it answers
+    crash: bool = False  # the server process dies during the call
+    timeout: float | None = Field(default=None, gt=0, le=60)  # the server's per-call timeout (default 10 s)
 
 
 class Note(Strict):
-    """A note in the owner's knowledge, served by the `search_notes` stand-in tool."""
+    """A note in the scenario's knowledge store (the ledger's notes), stored before the first step: it reaches the
+    model through the notes a request gets (aria/agent/recall.py) and the `recall` tool."""
 
-    title: str
-    text: str
+    title: str = Field(default="", max_length=200)
+    text: str = Field(min_length=1, max_length=4000)  # one note (aria.knowledge.store.MAX_NOTE_CHARS)
+    kind: Literal["owner", "runbook", "web", "tool"] = "web"  # who it comes from: only `owner` is trusted
+    source: str | None = None  # where it came from (default: by kind, e.g. a page's URL for web)
+    replaces: int | None = Field(default=None, ge=1)  # an earlier note of this list (1 = the first) it supersedes
 
 
 class Fault(Strict):
@@ -107,7 +120,8 @@ class Turn(Strict):
         return self
 
 
-StepKind = Literal["say", "forward", "event", "press", "retry", "command", "restart"]
+StepKind = Literal["say", "forward", "document", "event", "press", "retry", "command", "restart"]
+ACTIONS: tuple[StepKind, ...] = ("say", "forward", "document", "event", "press", "retry", "command")
 
 
 class Step(Strict):
@@ -115,7 +129,10 @@ class Step(Strict):
 
     say: str | None = None  # the owner writes
     forward: str | None = None  # the owner forwards someone else's message
-    sender: str = "someone"  # who wrote the forwarded message
+    sender: str | None = None  # who wrote the forwarded message (default "someone"), or the forwarded document
+    document: str | None = None  # the owner sends a document with this file name, as Telegram delivers it
+    content: str | None = None  # ... holding this text (default: the [[scenario.files]] entry of that name)
+    caption: str = ""  # ... with this caption (the owner's words about it)
     event: str | None = None  # an event from this source, signed with its secret
     payload: dict[str, Any] = Field(default_factory=dict)
     signed: bool = True  # false: a forged event (a wrong signature), which the events path must refuse
@@ -134,18 +151,21 @@ class Step(Strict):
     @property
     def kind(self) -> StepKind:
         """Which action this step is."""
-        for name in ("say", "forward", "event", "press", "retry", "command"):
+        for name in ACTIONS:
             if getattr(self, name) is not None:
                 return name
         return "restart"
 
     @model_validator(mode="after")
     def _one_action(self) -> Step:
-        given = [name for name in ("say", "forward", "event", "press", "retry", "command")
-                 if getattr(self, name) is not None] + (["restart"] if self.restart else [])
+        given = [name for name in ACTIONS if getattr(self, name) is not None] + (["restart"] if self.restart else [])
         if len(given) != 1:
-            raise ValueError("a step is exactly one of: say, forward, event, press, retry, command, restart"
-                             + (f" (got {', '.join(given)})" if given else ""))
+            raise ValueError("a step is exactly one of: say, forward, document, event, press, retry, command, "
+                             "restart" + (f" (got {', '.join(given)})" if given else ""))
+        if (self.content is not None or self.caption) and self.document is None:
+            raise ValueError("content and caption go with document")
+        if self.sender is not None and self.forward is None and self.document is None:
+            raise ValueError("sender goes with forward or document")
         if not self.signed and self.event is None:
             raise ValueError("signed goes with event")
         if self.command is not None and not self.command.startswith("/"):
@@ -185,6 +205,7 @@ class Expect(Strict):
     model_calls_max: int | None = Field(default=None, ge=0)
     spend_max_usd: float | None = Field(default=None, ge=0)
     model_never_saw: list[str] = Field(default_factory=list)  # in no request sent to the model
+    model_saw: list[str] = Field(default_factory=list)  # each in some request sent to the model
     ledger: list[LedgerCheck] = Field(default_factory=list)
 
 
@@ -199,7 +220,7 @@ class Scenario(Strict):
     event_rules: str | None = None  # an event rules file's TOML (ARIA_EVENT_RULES_FILE)
     pages: list[Page] = Field(default_factory=list)
     files: list[File] = Field(default_factory=list)
-    mcp: list[McpOutput] = Field(default_factory=list)
+    mcp: list[McpTool] = Field(default_factory=list)
     notes: list[Note] = Field(default_factory=list)
     faults: list[Fault] = Field(default_factory=list)
     model: list[Turn] = Field(default_factory=list)
@@ -216,7 +237,7 @@ class Scenario(Strict):
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)} (use Settings field names, e.g. run_max_usd)")
         reserved = sorted(set(value) & {"data_dir", "database_path", "skills_dir", "owner_ids", "policy_file",
-                                         "event_rules_file", "event_secrets"})
+                                         "event_rules_file", "event_secrets", "mcp_config"})
         if reserved:
             raise ValueError(f"setting(s) {', '.join(reserved)} are set by the eval itself")
         return value
@@ -226,6 +247,28 @@ class Scenario(Strict):
         _config_text("policy", self.policy)
         _config_text("event_rules", self.event_rules)
         return self
+
+    @model_validator(mode="after")
+    def _references(self) -> Scenario:
+        for index, note in enumerate(self.notes, 1):
+            if note.replaces is not None and note.replaces >= index:
+                raise ValueError(f"notes[{index}].replaces must name an earlier note (1 to {index - 1})")
+        names = {file.name for file in self.files}
+        for index, step in enumerate(self.steps, 1):
+            if step.document is not None and step.content is None and step.document not in names:
+                raise ValueError(f"steps[{index}]: document {step.document!r} has no content and no "
+                                 "[[scenario.files]] entry of that name")
+        tools = [(m.server, m.tool) for m in self.mcp]
+        if len(tools) != len(set(tools)):
+            raise ValueError("an MCP tool is declared twice (same server and tool)")
+        return self
+
+    def document_text(self, step: Step) -> str:
+        """What a document step's file holds."""
+        if step.content is not None:
+            return step.content
+        file = next(f for f in self.files if f.name == step.document)
+        return file.text * file.repeat
 
 
 def _config_text(kind: str, text: str | None) -> None:
@@ -333,7 +376,7 @@ def _hint(err: Any) -> str:
     """For an unknown key, the nearest key the format has (a typo's likely meaning)."""
     if err["type"] != "extra_forbidden" or not err["loc"]:
         return ""
-    known = {name for model in (Scenario, Page, File, McpOutput, Note, Fault, Turn, ToolCall, Step, Expect,
+    known = {name for model in (Scenario, Page, File, McpTool, Note, Fault, Turn, ToolCall, Step, Expect,
                                 LedgerCheck) for name in model.model_fields if name != "source"}
     close = difflib.get_close_matches(str(err["loc"][-1]), sorted(known), n=1)
     return f" (did you mean {close[0]}?)" if close else ""

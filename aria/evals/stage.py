@@ -1,11 +1,13 @@
 """What a scenario runs against: its pages on a local web server, a port nobody listens on, the scripted model, the
-owner's chat (the eval channel), and the sources the stand-in tools read."""
+owner's chat (the eval channel), its MCP servers (real processes, aria/evals/mcp_server.py) and its notes (in the
+knowledge store)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import socket
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,13 +19,13 @@ from starlette.routing import Route
 from aria.agent.outcome import Action
 from aria.app import Aria
 from aria.channel import Quiet
-from aria.evals.scenario import Page, Scenario, Turn
-from aria.evals.standins.documents import FOLDER
-from aria.evals.standins.mcp import OUTPUTS
-from aria.evals.standins.notes import NOTES
+from aria.evals.scenario import Note, Page, Scenario, Turn
+from aria.knowledge import Knowledge
 from aria.outbox import row_actions
 
 OWNER = 1001  # the owner's user and chat id in every eval instance
+MCP_TIMEOUT = 10.0  # an eval MCP server's per-call timeout unless the scenario sets one
+MCP_START_SECONDS = 20.0  # how long the first step waits for the scenario's MCP servers to be up (or fail)
 
 
 def pages_app(pages: dict[str, Page]) -> Starlette:
@@ -50,16 +52,58 @@ def closed_port() -> int:
     return port
 
 
-def write_sources(scenario: Scenario, data_dir: Path) -> None:
-    """The files, MCP outputs and notes the stand-in tools serve, in the eval's data folder."""
-    folder = data_dir / FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    for file in scenario.files:
-        (folder / file.name).write_text(file.text * file.repeat, encoding="utf-8")
-    outputs = [{"server": m.server, "tool": m.tool, "output": m.output * m.repeat, "error": m.error}
-               for m in scenario.mcp]
-    (data_dir / OUTPUTS).write_text(json.dumps(outputs), encoding="utf-8")
-    (data_dir / NOTES).write_text(json.dumps([n.model_dump() for n in scenario.notes]), encoding="utf-8")
+def write_mcp(scenario: Scenario, folder: Path) -> Path | None:
+    """The scenario's MCP servers: a spec per server (what aria.evals.mcp_server serves) and the servers file that
+    starts each as `python -m aria.evals.mcp_server SPEC` (ARIA_MCP_CONFIG). None when it declares none."""
+    servers: dict[str, list[dict[str, object]]] = {}
+    for tool in scenario.mcp:
+        servers.setdefault(tool.server, []).append({
+            "name": tool.tool, "description": tool.description, "changed_description": tool.changed_description,
+            "read_only": tool.read_only, "input_schema": tool.input_schema, "output": tool.output,
+            "repeat": tool.repeat, "error": tool.error, "hang": tool.hang, "crash": tool.crash})
+    if not servers:
+        return None
+    lines: list[str] = []
+    for name, tools in servers.items():
+        spec = folder / f"mcp-{name}.json"
+        spec.write_text(json.dumps({"name": name, "tools": tools, "starts_file": str(folder / f"mcp-{name}.starts")}),
+                        encoding="utf-8")
+        timeouts = [t.timeout for t in scenario.mcp if t.server == name and t.timeout is not None]
+        lines += [f"[servers.{name}]", f"command = {json.dumps(sys.executable)}",
+                  f"args = {json.dumps(['-m', 'aria.evals.mcp_server', str(spec)])}",
+                  f"timeout = {min(timeouts, default=MCP_TIMEOUT)}", ""]
+    config = folder / "mcp.toml"
+    config.write_text("\n".join(lines), encoding="utf-8")
+    return config
+
+
+NOTE_SOURCES = {"owner": "owner (chat)", "runbook": "runbooks/{title}.md", "web": "https://notes.example/{title}",
+                "tool": "tool:eval"}
+
+
+def store_notes(knowledge: Knowledge, notes: list[Note]) -> None:
+    """The scenario's notes in its knowledge store, in order (so note N of the list is note id N), each replacing
+    the earlier one it names."""
+    ids: list[int] = []
+    for note in notes:
+        slug = "-".join(note.title.lower().split()) or "note"
+        source = note.source or NOTE_SOURCES[note.kind].format(title=slug)
+        stored = knowledge.store.remember(note.text, source=source, kind=note.kind,
+                                          supersedes=ids[note.replaces - 1] if note.replaces else None)
+        assert stored.id is not None
+        ids.append(stored.id)
+        if note.title:
+            _retitle(knowledge, stored.id, note.title)
+
+
+def _retitle(knowledge: Knowledge, note_id: int, title: str) -> None:
+    from aria.knowledge import Note as StoredNote
+
+    with knowledge.ledger.write() as session:
+        row = session.get(StoredNote, note_id)
+        assert row is not None
+        row.title = title
+        session.add(row)
 
 
 def script(model: object, turns: list[Turn]) -> None:

@@ -106,7 +106,13 @@ async def read_telegram_document(message: Message, max_bytes: int) -> Document:
 async def document_request(message: Message, origin: str | None, max_bytes: int) -> Incoming:
     """A document, with the caption that came with it (the owner's words, unless forwarded), as a request."""
     document = await read_telegram_document(message, max_bytes)
-    caption = clean_text(message.caption or "").strip()
+    return document_incoming(document, message.caption, origin, max_bytes)
+
+
+def document_incoming(document: Document, caption: str | None, origin: str | None, max_bytes: int) -> Incoming:
+    """A document that was read, with its caption, as a request: fenced under its file name, trigger `document`
+    (or `forward`), tainting the run with the file (and the sender)."""
+    caption = clean_text(caption or "").strip()
     words = forwarded(origin, caption).text if caption else ""
     # Fenced whole: the size limit already bounds it.
     text = fenced_document(words, document.name, document.text, max_tokens=max_bytes // 4 + 1)

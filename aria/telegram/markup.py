@@ -84,7 +84,8 @@ def head_html(markup: str, limit: int) -> tuple[str, str]:
     part = "".join(atoms[:cut.at]).rstrip() + _closers(cut.stack)
     start = cut.at
     if any(_name(tag) == "pre" for tag in cut.stack):
-        start += 1  # only the newline the code was cut at: the next line keeps its indentation
+        if start < len(atoms) and atoms[start] == "\n":
+            start += 1  # only the newline the code was cut at: the next line keeps its indentation
     else:
         while start < len(atoms) and atoms[start].isspace():
             start += 1
