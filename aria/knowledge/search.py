@@ -32,6 +32,8 @@ COMMON_SHARE = 0.05  # a word in more than this share of the notes (and more tha
 COMMON_MIN_NOTES = 500  # candidates on its own
 MIN_COVERAGE = 0.5  # share of the question's weight the best passage must answer, else nothing is returned
 KEEP_RATIO = 0.3  # passages shown beside the best one score at least this share of it
+SUPERSEDED = 0.25  # a replaced note's score is cut to this share: below KEEP_RATIO, so beside an equally relevant
+# replacement it is not shown at all (it is shown, after its replacement, only when it answers much better)
 UNKNOWN_WORD = 0.5  # weight of an ordinary word no note contains, times the IDF of a word in one note
 RECENCY = 0.03  # bonus for a fresh note; a question asking for the latest state gets RECENT_QUESTION instead
 RECENT_QUESTION = 0.25
@@ -218,7 +220,7 @@ class Searcher:
             freshness = RECENT_QUESTION * math.exp(-age_days / 180) if recent else RECENCY * math.exp(-age_days / 365)
             score = relevance + 0.03 * (c.reliability - 1) / 2 + freshness
             if c.superseded_by is not None:
-                score *= 0.5
+                score *= SUPERSEDED
             scored.append(Hit(c.id, c.text, c.title, c.source, c.kind, score, c.dated, coverage, c.supersedes,
                               c.superseded_by, frozenset(matched)))
         if similarity is None:
