@@ -38,8 +38,9 @@ class Reply:
 
 
 async def answer(aria: Aria, name: str, args: list[str], *, chat_id: int | None = None,
-                 user_id: int | None = None) -> list[Reply]:
-    """The replies to `/name args` from `user_id` in `chat_id`; an unknown name gets the help text."""
+                 user_id: int | None = None, raw: str = "") -> list[Reply]:
+    """The replies to `/name args` from `user_id` in `chat_id` (`raw`: the message as written, when there is one);
+    an unknown name gets the help text."""
     if name in (*control.NAMES, "trace", "export"):
         return await owner_control(aria, name, args, chat_id=chat_id, user_id=user_id)
     if name == "status":
@@ -68,7 +69,7 @@ async def answer(aria: Aria, name: str, args: list[str], *, chat_id: int | None 
     if name in ("pause", "resume"):
         return [Reply(_switch(aria, paused=name == "pause"))]
     if name in notes.COMMANDS:
-        return [Reply(notes.answer(aria.knowledge, name, args))]
+        return [Reply(notes.answer(aria.knowledge, name, args, raw))]
     return [Reply(help_text(aria.caller is not None))]
 
 

@@ -89,8 +89,9 @@ def test_knowledge_reports_every_figure_beside_plain_bm25() -> None:
     for figure in ("recall@5 (all", "failures (held out)", "nDCG@10", "stale-fact rate", "unanswerable declined",
                    "notes sent per answered question", "dump-everything baseline"):
         assert figure in report
-    assert "| figure | Aria | plain BM25 | target |" in report
-    assert "| 300 |" in report and "plain BM25 p50 / p95" in report
+    assert "| figure | Aria | Aria, words only | plain BM25 | target |" in report
+    assert "loaded in" in report  # the embedding model, from its wheel
+    assert "| 300 |" in report and "Aria, words only, p50 / p95" in report and "plain BM25 p50 / p95" in report
 
 
 def test_runner_writes_the_chosen_sections_with_machine_and_date(tmp_path: Path) -> None:

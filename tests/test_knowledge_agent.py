@@ -171,8 +171,11 @@ async def test_through_telegram_a_remembered_fact_is_cited_and_an_unknown_one_de
     aria = make_aria(telegram_bot_token=fake_telegram.token, telegram_api_url=fake_telegram.api_url,
                      knowledge_rewrite=False)
     async with polling(aria):
-        fake_telegram.add_message("/remember The NAS is at 192.168.10.25 #nas", user_id=OWNER)
+        fake_telegram.add_message("/remember The NAS is at 192.168.10.25 #nas\nIts admin page:  port 5001",
+                                  user_id=OWNER)
         await fake_telegram.wait_for("sendMessage", predicate=lambda c: c.params.get("text") == "Noted as note 1.")
+        stored = aria.knowledge.store.get(1)  # the lines as the owner wrote them, not words joined by spaces
+        assert stored is not None and stored.text == "The NAS is at 192.168.10.25 #nas\nIts admin page:  port 5001"
         fake_openai.enqueue_text("The NAS is at 192.168.10.25 [note 1].")
         fake_telegram.add_message("what is the NAS address?", user_id=OWNER)
         await fake_telegram.wait_for("sendMessage", predicate=lambda c: "[note 1]" in str(c.params.get("text")))

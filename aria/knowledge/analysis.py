@@ -32,6 +32,11 @@ STOP_WORDS = frozenset(_STOP.split())
 # Words that ask for the newest state of things rather than naming a subject: they raise recency, not relevance.
 RECENCY_WORDS = frozenset({"last", "latest", "recent", "recently", "newest", "current", "currently", "now", "today",
                            "lately", "anymore", "still"})
+# Capitalized by convention, yet dates rather than names of things.
+_CALENDAR = frozenset({
+    "january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november",
+    "december", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
+    "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"})
 
 # Groups of interchangeable ops words. Each word is stemmed at load; a query word in a group also matches the others.
 SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
@@ -156,7 +161,8 @@ def concepts(query: str) -> list[Concept]:
         if stemmed in seen:
             continue
         seen.add(stemmed)
-        named = any(c.isdigit() or c.isupper() for c in raw)  # the first word of a sentence comes lowercased
+        # The first word of a sentence comes lowercased; months and weekdays are capitalized dates, not names.
+        named = word not in _CALENDAR and any(c.isdigit() or c.isupper() for c in raw)
         found.append(Concept(word, stemmed, synonyms.get(stemmed, frozenset()) | {stemmed},
                              synonym_words.get(stemmed, frozenset()) | {word}, named))
     return found

@@ -24,11 +24,12 @@ MAX_LEARN_CHARS = 1_000_000
 _TAG = re.compile(r"(?<!\w)#([\w-]{1,40})")
 
 
-def answer(knowledge: Knowledge, name: str, args: list[str]) -> str:
-    """The reply to `/remember`, `/forget` or `/notes` with its words."""
+def answer(knowledge: Knowledge, name: str, args: list[str], raw: str = "") -> str:
+    """The reply to `/remember`, `/forget` or `/notes` with its words; `raw` is the whole message as written, so a
+    remembered note keeps its line breaks (the words alone have lost them)."""
     try:
         if name == "remember":
-            return _remember(knowledge, args)
+            return _remember(knowledge, args, raw)
         if name == "forget":
             return _forget(knowledge, args)
         return _notes(knowledge, " ".join(args))
@@ -38,13 +39,14 @@ def answer(knowledge: Knowledge, name: str, args: list[str]) -> str:
         return f"Not done: {exc}."
 
 
-def _remember(knowledge: Knowledge, args: list[str]) -> str:
+def _remember(knowledge: Knowledge, args: list[str], raw: str) -> str:
     replaces = None
+    skipped = 0
     if len(args) >= 2 and args[0].lower() == "replace":
         if not (args[1].isascii() and args[1].isdigit() and len(args[1]) <= 18):
             return "Usage: /remember replace <id> <text>"
-        replaces, args = int(args[1]), args[2:]
-    text = " ".join(args).strip()
+        replaces, args, skipped = int(args[1]), args[2:], 2
+    text = after_words(raw, 1 + skipped) if raw.strip() else " ".join(args).strip()
     if not text:
         return "Usage: /remember <text>, e.g. /remember The NAS is at 192.168.10.25 #nas"
     note = knowledge.store.remember(text, tags=_TAG.findall(text), supersedes=replaces)
@@ -56,6 +58,12 @@ def _remember(knowledge: Knowledge, args: list[str]) -> str:
         told += (f" Note {older[0].id} says something close (\"{shorten(older[0].text, 80)}\"): if this updates it, "
                  f"/forget {older[0].id}, or next time /remember replace {older[0].id} <text>.")
     return told
+
+
+def after_words(raw: str, count: int) -> str:
+    """`raw` without its first `count` words (the command, and any of its own arguments), the rest as written."""
+    match = re.match(r"\s*" + r"\S+\s*" * count, raw)
+    return raw[match.end():].strip() if match else ""
 
 
 def _forget(knowledge: Knowledge, args: list[str]) -> str:

@@ -114,7 +114,7 @@ async def command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     aria = _aria(context)
     user_id = update.effective_user.id if update.effective_user else None
     for reply in await commands.answer(aria, name, list(context.args or []), chat_id=update.effective_chat.id,
-                                       user_id=user_id):
+                                       user_id=user_id, raw=message.text):
         await aria.runs.reply(_channel(context), update.effective_chat.id, reply.text, photo=reply.photo,
                               actions=reply.actions, purpose=reply.purpose, approval_id=reply.approval_id,
                               document=reply.document, file_name=reply.file_name)
