@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from aria.app import Aria
 from aria.ledger.models import Proposal, Rollout
 from aria.rollout import wilson_lower_bound
 from tests.conftest import OWNER, marks, polling
+from tests.test_approvals import shown
 
 MakeAria = Callable[..., Aria]
 
@@ -26,17 +26,6 @@ def test_wilson_lower_bound_needs_more_than_a_perfect_small_sample() -> None:
     assert wilson_lower_bound(34, 34) < 0.90 <= wilson_lower_bound(35, 35)
     assert wilson_lower_bound(45, 50) == pytest.approx(0.786, abs=0.001)
     assert wilson_lower_bound(3, 3) == pytest.approx(0.438, abs=0.001)
-
-
-async def shown(fake_telegram: Any, needle: str, count: int = 1) -> list[Any]:
-    """Messages the owner saw containing `needle`, sent or edited in."""
-    for _ in range(600):
-        found = [c for c in fake_telegram.calls if c.ok and c.method in ("sendMessage", "editMessageText")
-                 and needle in str(c.params.get("text"))]
-        if len(found) >= count:
-            return found
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"never shown: {needle!r}; sent: {fake_telegram.sent_texts()}")
 
 
 def buttons(call: Any) -> dict[str, str]:
