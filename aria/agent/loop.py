@@ -110,7 +110,10 @@ class Agent:
         with self.ledger.write_conn() as conn:
             caps = self._caps(request, conn)  # the owner's /budget request cap, read with the rest
             past = self.history.messages(conn, request.chat_id)
-            day_spent = self.budget.spent_on(conn, self.budget.today())
+            today = self.budget.today()
+            day_spent = self.budget.spent_on(conn, today)
+            day_cap = self.budget.overrides.day_cap(conn, self.budget.base_day_cap, today)
+            notes = self.recall is not None and self.recall.knowledge.has_notes(conn)
             run_id = self.ledger.record_run(conn, {
                 "trigger": request.trigger, "channel": request.channel, "chat_id": request.chat_id,
                 "user_id": request.user_id, "request": request.text, "route": route, "cap_tokens": caps.tokens,
@@ -124,8 +127,8 @@ class Agent:
             if self.caller is None:
                 return self._handoff(scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
                                      "no_model", actions=False)
-            state = self._start(request, scope, past, day_spent)
-            if self.recall is not None:
+            state = self._start(request, scope, past, day_spent, day_cap)
+            if self.recall is not None and notes:
                 await self.recall.attach(state, past)
             return await self._loop(state, progress)
 
@@ -253,7 +256,8 @@ class Agent:
             stop = await self._handle_calls(state, progress)
         return stop
 
-    def _start(self, request: Request, scope: CallScope, past: list[dict[str, Any]], day_spent: int) -> RunState:
+    def _start(self, request: Request, scope: CallScope, past: list[dict[str, Any]], day_spent: int,
+               day_cap: int | None = None) -> RunState:
         now = self.ledger.clock.now().astimezone(self.settings.tz)
         system = system_prompt(now, self.settings.timezone, self.policy.prompt_lines())
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}, *past,
@@ -265,7 +269,8 @@ class Agent:
         for source in request_sources(request):
             self.tools.taint(scope, state.provenance, source)
         state.route = self.router.route(request.text, escalate=request.escalate)
-        day_cap = self.budget.day_cap  # one read: the owner's override and today's raise included
+        if day_cap is None:  # read with the run's opening transaction when it could be
+            day_cap = self.budget.day_cap
         share = day_spent / day_cap if day_cap else 1.0
         state.models = self.router.chain(state.route, day_share_used=share)
         if share >= self.router.cheap_only_share:
