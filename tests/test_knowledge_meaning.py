@@ -77,3 +77,23 @@ def test_starting_aria_loads_no_embedding_model() -> None:
              "print(sorted({'wordllama', 'tokenizers', 'safetensors'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_owner_note_that_updates_a_runbook_fact_outranks_it_without_being_marked_as_replacing_it(
+        tmp_path: Path) -> None:
+    ledger = Ledger.open(tmp_path / "aria.db", clock=ManualClock(dt.datetime(2026, 3, 1, 12, tzinfo=dt.UTC)))
+    knowledge = Knowledge(ledger)
+    runbook = CORPUS / "postgres.md"
+    knowledge.store.add_text(str(runbook), runbook.read_text(encoding="utf-8"), runbook.name,
+                             modified=dt.datetime(2024, 5, 1, tzinfo=dt.UTC))
+    question = "When is the best time to restart the shop's database?"
+    [stale, *_] = knowledge.search(question, 5)
+    assert "peaks 18:00 to 22:00" in stale.text  # the runbook's fact, while nothing newer is known
+    note = knowledge.store.remember("Shop traffic now peaks between 12:00 and 14:00 because the newsletter goes out "
+                                    "at noon; restarts and maintenance should happen after 22:00.",
+                                    dated=dt.datetime(2025, 11, 20, tzinfo=dt.UTC))
+    found = [h.id for h in knowledge.search(question, 5)]
+    assert found[0] == note.id and stale.id in found  # the update first, the runbook it updates still shown after
+    unrelated = knowledge.store.remember("The coffee beans are ordered every second Monday.",
+                                         dated=dt.datetime(2025, 12, 1, tzinfo=dt.UTC))
+    assert unrelated.id not in [h.id for h in knowledge.search(question, 5)]
