@@ -36,6 +36,17 @@ def test_the_model_loads_from_its_own_wheel_and_knows_what_words_mean() -> None:
     assert embedder.similarities("anything", [""]) == [0.0]  # a text with no token is similar to nothing
 
 
+def test_feedback_moves_the_question_towards_its_best_matches_but_declining_sees_its_own_meaning() -> None:
+    embedder = shared_embedder()
+    assert embedder is not None
+    texts = ["restart the machine", "reboot the server after patching", "power cycle the host", "invoice due friday",
+             "the cat sleeps"]
+    plain, expanded = embedder.similarities_with_feedback("reboot the server", texts)
+    assert plain == pytest.approx(embedder.similarities("reboot the server", texts))
+    assert expanded[2] - plain[2] > expanded[4] - plain[4]  # like the best matches: it gains more
+    assert embedder.similarities_with_feedback("anything", []) == ([], [])
+
+
 def test_a_question_sharing_few_words_with_its_answer_is_found_by_meaning(runbooks: Knowledge) -> None:
     question = "A pod won't go away after a node died, how do I get rid of it?"
     assert any("stuck in Terminating" in h.text for h in runbooks.search(question, 5))

@@ -134,11 +134,13 @@ class Searcher:
             if not candidates:
                 return []
             texts = [f"{c.title}\n{c.text}" for c in candidates]
-            similarity = embedder.similarities(query, texts) if embedder is not None else None
+            similarity, feedback = (embedder.similarities_with_feedback(query, texts) if embedder is not None
+                                    else (None, None))
             updates = (partial(_implicit_updates, embedder=embedder, texts=dict(zip((c.id for c in candidates), texts,
                                                                                     strict=True)))
                        if embedder is not None else None)
-            hits = self._rerank(items, weights, candidates, similarity, recent=asks_for_recent(query), updates=updates)
+            hits = self._rerank(items, weights, candidates, similarity, feedback, recent=asks_for_recent(query),
+                                updates=updates)
             hits = self._with_replacements(conn, hits)
         return hits[:k]
 
@@ -196,7 +198,7 @@ class Searcher:
         return weights, common
 
     def _rerank(self, items: Sequence[Concept], weights: list[float], candidates: list[_Candidate],
-                similarity: list[float] | None, *, recent: bool,
+                similarity: list[float] | None, feedback: list[float] | None, *, recent: bool,
                 updates: Callable[[list[Hit]], list[Hit]] | None = None) -> list[Hit]:
         whole = sum(weights) or 1.0
         best_bm25 = max(c.bm25 for c in candidates) or 1.0
@@ -222,8 +224,11 @@ class Searcher:
             coverage /= whole
             cosine = similarity[index] if similarity is not None else 0.0
             best_coverage, best_cosine = max(best_coverage, coverage), max(best_cosine, cosine)
-            relevance = MEANING * cosine + (_WEIGHTS["coverage"] * coverage + _WEIGHTS["bm25"] * c.bm25 / best_bm25
-                         + _WEIGHTS["title"] * title / whole + _WEIGHTS["proximity"] * _proximity(items, sequence))
+            # Ranked by the meaning of the question moved towards its best matches; declined by its own meaning.
+            ranked_cosine = feedback[index] if feedback is not None else cosine
+            relevance = MEANING * ranked_cosine + (
+                _WEIGHTS["coverage"] * coverage + _WEIGHTS["bm25"] * c.bm25 / best_bm25
+                + _WEIGHTS["title"] * title / whole + _WEIGHTS["proximity"] * _proximity(items, sequence))
             age_days = max(0.0, (now - c.dated).total_seconds() / 86_400)
             freshness = RECENT_QUESTION * math.exp(-age_days / 180) if recent else RECENCY * math.exp(-age_days / 365)
             score = relevance + 0.03 * (c.reliability - 1) / 2 + freshness
