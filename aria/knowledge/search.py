@@ -280,7 +280,7 @@ class Searcher:
 def _implicit_updates(hits: list[Hit], embedder: Embedder, texts: dict[int, str]) -> list[Hit]:
     """A note the owner wrote after a runbook passage, close to it in meaning and answering the same words of the
     question, updates it even when it was not recorded as replacing it: it is ranked just ahead of that passage."""
-    owned = [h for h in hits if h.kind == "owner" and h.matched]
+    owned = [h for h in hits if h.kind == "owner" and h.matched and h.superseded_by is None]
     if not owned:
         return hits
     vectors = embedder.vectors([texts[h.id] for h in hits])
