@@ -25,6 +25,11 @@ if TYPE_CHECKING:  # numpy is imported on the first search, not when Aria starts
 
 log = logging.getLogger(__name__)
 CACHED_PASSAGES = 50_000  # vectors kept (256 float32 each: ~50 MB at most)
+# Pseudo-relevance feedback: the question's vector moved this far towards the mean of its FEEDBACK_TOP nearest
+# texts, so a passage worded like the best matches (rather than like the question) is found too. Picked on the
+# labelled set's tuning half; the bench reports the held-out half beside it.
+FEEDBACK_TOP = 3
+FEEDBACK_WEIGHT = 0.2
 
 
 class Embedder:
@@ -71,6 +76,22 @@ class Embedder:
             return []
         question = self._embed([query])[0]
         return [float(s) for s in self.vectors(texts) @ question]
+
+    def similarities_with_feedback(self, query: str, texts: Sequence[str]) -> tuple[list[float], list[float]]:
+        """Cosine similarity of `query` to each text, and of the query moved towards its nearest texts (pseudo-
+        relevance feedback: better for ranking, but not evidence that any text answers the question)."""
+        import numpy as np
+
+        if not texts:
+            return [], []
+        question = self._embed([query])[0]
+        vectors = self.vectors(texts)
+        plain = vectors @ question
+        nearest = np.argsort(-plain)[:FEEDBACK_TOP]
+        moved = question + FEEDBACK_WEIGHT * vectors[nearest].mean(axis=0)
+        length = float(np.linalg.norm(moved))
+        expanded = vectors @ (moved / length) if length > 0 else plain
+        return [float(s) for s in plain], [float(s) for s in expanded]
 
 
 @cache

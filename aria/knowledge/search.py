@@ -1,7 +1,9 @@
 """Retrieval: FTS5 BM25 candidates for the query and its synonyms, joined (while the notes are few enough to compare
 them all) by the notes nearest the question in meaning (a static embedding model, `meaning.py`); then a rerank that
 weighs how much of the question a passage answers (its rare words count most), its meaning, BM25, phrase proximity,
-title matches, source reliability and recency. A superseded fact never outranks the note that replaced it.
+title matches, source reliability and recency. A superseded fact never outranks the note that replaced it, and an
+owner's newer note close in meaning to a runbook passage and answering the same words is ranked ahead of it even when
+it was not recorded as replacing it.
 
 Declining is decided apart from ranking: nothing is returned when the question is mostly about names no note
 contains, or when no passage holds enough of the question's rare words and none is close enough to it in meaning
@@ -15,9 +17,9 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 
 from sqlalchemy import Connection
 
@@ -46,6 +48,8 @@ SYNONYM_CREDIT = 0.85  # a concept matched only through a synonym counts a littl
 MEANING = 1.5
 MEANING_COVERAGE = 0.48
 MEANING_CLOSE = 0.42
+UPDATE_CLOSE = 0.35  # an owner's note this close in meaning to an older runbook passage (and answering the same
+# words of the question) is taken as an update of it (see `_implicit_updates`)
 _WEIGHTS = {"coverage": 0.55, "bm25": 0.15, "title": 0.1, "proximity": 0.2}
 _BM25_COLUMNS = (4.0, 1.0, 2.0)  # title, text, tags
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -129,9 +133,14 @@ class Searcher:
             candidates = self._candidates(conn, found)
             if not candidates:
                 return []
-            similarity = (embedder.similarities(query, [f"{c.title}\n{c.text}" for c in candidates])
-                          if embedder is not None else None)
-            hits = self._rerank(items, weights, candidates, similarity, recent=asks_for_recent(query))
+            texts = [f"{c.title}\n{c.text}" for c in candidates]
+            similarity, feedback = (embedder.similarities_with_feedback(query, texts) if embedder is not None
+                                    else (None, None))
+            updates = (partial(_implicit_updates, embedder=embedder, texts=dict(zip((c.id for c in candidates), texts,
+                                                                                    strict=True)))
+                       if embedder is not None else None)
+            hits = self._rerank(items, weights, candidates, similarity, feedback, recent=asks_for_recent(query),
+                                updates=updates)
             hits = self._with_replacements(conn, hits)
         return hits[:k]
 
@@ -189,7 +198,8 @@ class Searcher:
         return weights, common
 
     def _rerank(self, items: Sequence[Concept], weights: list[float], candidates: list[_Candidate],
-                similarity: list[float] | None, *, recent: bool) -> list[Hit]:
+                similarity: list[float] | None, feedback: list[float] | None, *, recent: bool,
+                updates: Callable[[list[Hit]], list[Hit]] | None = None) -> list[Hit]:
         whole = sum(weights) or 1.0
         best_bm25 = max(c.bm25 for c in candidates) or 1.0
         now = self.ledger.now()
@@ -214,8 +224,11 @@ class Searcher:
             coverage /= whole
             cosine = similarity[index] if similarity is not None else 0.0
             best_coverage, best_cosine = max(best_coverage, coverage), max(best_cosine, cosine)
-            relevance = MEANING * cosine + (_WEIGHTS["coverage"] * coverage + _WEIGHTS["bm25"] * c.bm25 / best_bm25
-                         + _WEIGHTS["title"] * title / whole + _WEIGHTS["proximity"] * _proximity(items, sequence))
+            # Ranked by the meaning of the question moved towards its best matches; declined by its own meaning.
+            ranked_cosine = feedback[index] if feedback is not None else cosine
+            relevance = MEANING * ranked_cosine + (
+                _WEIGHTS["coverage"] * coverage + _WEIGHTS["bm25"] * c.bm25 / best_bm25
+                + _WEIGHTS["title"] * title / whole + _WEIGHTS["proximity"] * _proximity(items, sequence))
             age_days = max(0.0, (now - c.dated).total_seconds() / 86_400)
             freshness = RECENT_QUESTION * math.exp(-age_days / 180) if recent else RECENCY * math.exp(-age_days / 365)
             score = relevance + 0.03 * (c.reliability - 1) / 2 + freshness
@@ -229,6 +242,8 @@ class Searcher:
             answered = best_coverage >= MEANING_COVERAGE or best_cosine >= MEANING_CLOSE
         if not scored or not answered:
             return []  # no passage answers enough of the question: better no note than a wrong one
+        if updates is not None:
+            scored = updates(scored)
         scored.sort(key=lambda h: -h.score)
         floor = scored[0].score * KEEP_RATIO
         return _newest_first_on_the_same_subject([h for h in scored if h.score >= floor], terms)
@@ -260,6 +275,24 @@ class Searcher:
             return None
         return Hit(int(row[0]), row[1], row[2], row[3], row[4], hit.score + 1e-6, _parse_time(row[7]),
                    hit.coverage, row[5], row[6], hit.matched)
+
+
+def _implicit_updates(hits: list[Hit], embedder: Embedder, texts: dict[int, str]) -> list[Hit]:
+    """A note the owner wrote after a runbook passage, close to it in meaning and answering the same words of the
+    question, updates it even when it was not recorded as replacing it: it is ranked just ahead of that passage."""
+    owned = [h for h in hits if h.kind == "owner" and h.matched and h.superseded_by is None]
+    if not owned:
+        return hits
+    vectors = embedder.vectors([texts[h.id] for h in hits])
+    row = {h.id: i for i, h in enumerate(hits)}
+    lifted: dict[int, float] = {}
+    for note in owned:
+        for older in hits:
+            if (older.kind != "owner" and older.dated < note.dated and older.score > note.score
+                    and note.matched & older.matched
+                    and float(vectors[row[note.id]] @ vectors[row[older.id]]) >= UPDATE_CLOSE):
+                lifted[note.id] = max(lifted.get(note.id, 0.0), older.score + 1e-6)
+    return [replace(h, score=lifted[h.id]) if h.id in lifted else h for h in hits]
 
 
 def _idf(df: int, total: int) -> float:
