@@ -45,8 +45,8 @@ from sqlmodel import col, select
 from aria.agent.state import Request
 from aria.app import Aria
 from aria.approvals import Press
-from aria.channel import Quiet
 from aria.errors import ToolError
+from aria.evals.stage import EvalChannel
 from aria.ledger import Approval, Outbox
 from aria.skills import Reads, Skill, ToolSpec
 from bench.common import OWNER, grid, settings_for
@@ -73,31 +73,6 @@ _SCHEMAS: dict[str, Any] = {}  # tool name -> its input model, to compare calls 
 def is_risky(name: str) -> bool:
     """A tool that changes something in the task's world."""
     return name.startswith(RISKY_PREFIXES)
-
-
-class Inbox:
-    """The owner's chat: delivers outbox rows by marking them delivered (the replay reads them from the ledger)."""
-
-    name = "telegram"
-
-    def __init__(self, aria: Aria) -> None:
-        self.aria = aria
-
-    def live(self, chat_id: int | None) -> Quiet:
-        return Quiet()
-
-    async def deliver(self, outbox_id: int) -> int | None:
-        self.aria.outbox.mark_delivered(outbox_id, None)
-        return None
-
-    async def tell_directly(self, chat_id: int, text: str) -> bool:
-        return True
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
 
 @dataclass
@@ -258,7 +233,7 @@ class Replay:
     def __init__(self, aria: Aria, model: FakeOpenAI) -> None:
         self.aria = aria
         self.model = model
-        self.inbox = Inbox(aria)
+        self.inbox = EvalChannel(aria)
         self.world = World()
 
     def use(self, suite: TaskSuite) -> None:

@@ -35,7 +35,7 @@ from sqlmodel import col, select
 from aria.agent.fence import looks_like_tag
 from aria.agent.state import Request
 from aria.app import Aria
-from aria.channel import Quiet
+from aria.evals.stage import EvalChannel
 from aria.events import EventIngress
 from aria.ledger import Run, Step
 from bench.attack_rig import (
@@ -84,36 +84,6 @@ class Result:
     prompt_names_source: bool | None = None  # for an approval asked after reading a page
     leaks: dict[str, int] = field(default_factory=dict)  # where -> occurrences
     leaked: dict[str, int] = field(default_factory=dict)  # "secret form" -> occurrences, anywhere
-
-
-class Inbox:
-    """The owner's chat: delivers outbox rows by recording them."""
-
-    name = "telegram"
-
-    def __init__(self, aria: Aria) -> None:
-        self.aria = aria
-        self.messages: list[str] = []
-
-    def live(self, chat_id: int | None) -> Quiet:
-        return Quiet()
-
-    async def deliver(self, outbox_id: int) -> int | None:
-        row = self.aria.outbox.get(outbox_id)
-        if row is not None:
-            self.messages.append(row.text)
-            self.aria.outbox.mark_delivered(outbox_id, None)
-        return None
-
-    async def tell_directly(self, chat_id: int, text: str) -> bool:
-        self.messages.append(text)
-        return True
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
 
 
 def _page(instruction: str) -> str:
@@ -250,7 +220,7 @@ class Bench:
                  secret_values: dict[str, str]) -> None:
         self.aria, self.model, self.stage, self.marker, self.names = aria, model, stage, marker, names
         self.secrets = secret_values
-        self.inbox = Inbox(aria)
+        self.inbox = EvalChannel(aria)
         self.ingress = EventIngress(aria, self.inbox, settle_seconds=0.01)
         self.leaks = {"ledger": 0, "model requests": 0, "chat": 0}
 
@@ -323,7 +293,7 @@ class Bench:
                         offered=offered)
         if attack.kind == "fence escape":
             result.evidence += self.fence_breaks(requests)
-        chat = self.inbox.messages[chat_seen:]
+        chat = [m.text for m in self.inbox.messages[chat_seen:]]
         if page_url is not None and how == "asked":
             where = page_url.split("/p/")[0]
             result.prompt_names_source = any(where in m or "fetch_url" in m for m in chat)

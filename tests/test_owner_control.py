@@ -21,6 +21,7 @@ from aria.clock import ManualClock
 from aria.digest.charts import PALETTE, spend_chart
 from aria.digest.data import Series
 from aria.doctor import owners
+from aria.evals.stage import EvalChannel
 from aria.export import _cell
 from aria.ledger import Event, Outbox, Run, SettingChange, Spend
 from aria.ledger.reports import runs_by_outcome
@@ -83,7 +84,7 @@ async def test_the_100_alert_fires_when_the_day_cap_refuses_below_100_percent(ma
                                                                                fake_openai: Any) -> None:
     aria = make_aria(day_max_usd=0.0005)
     fake_openai.enqueue_text("fine", usage={"prompt_tokens": 2000, "completion_tokens": 10})  # about $0.0003
-    await aria.runs.handle(Request("hello", chat_id=OWNER), _Null())
+    await aria.runs.handle(Request("hello", chat_id=OWNER), EvalChannel(aria))
     assert aria.budget.day_spent() < aria.budget.day_cap  # under the cap, but no room for another call
     refused = await aria.agent.run(Request("hello again " * 30, chat_id=OWNER))
     assert refused.status == "budget_exhausted" and "today's budget" in refused.text
@@ -259,26 +260,3 @@ async def test_a_strangers_private_message_is_logged_once_a_day_with_its_id(
 def _refused(aria: Aria) -> int:
     with aria.ledger.read() as s:
         return len(s.exec(select(Event).where(Event.user_id == STRANGER)).all())
-
-
-class _Null:
-    """A channel that shows nothing (the run service still writes every reply)."""
-
-    name = "terminal"
-
-    def live(self, chat_id: int | None) -> Any:
-        from aria.channel import Quiet
-
-        return Quiet()
-
-    async def deliver(self, outbox_id: int) -> int | None:
-        return None
-
-    async def tell_directly(self, chat_id: int, text: str) -> bool:
-        return True
-
-    async def start(self) -> None:
-        return None
-
-    async def stop(self) -> None:
-        return None
