@@ -15,6 +15,7 @@ from aria.agent.provenance import untrusted_sources
 from aria.app import Aria
 from aria.ledger import Event, Run, Spend, Step
 from aria.llm.transcription import TranscriptionRefused
+from aria.overrides import REQUEST as REQUEST_OVERRIDE
 from aria.telegram.attachments import UNREADABLE, VOICE_OFF
 from aria.telegram.intake import SOURCE as INTAKE_SOURCE
 from tests.conftest import OWNER, polling
@@ -170,6 +171,16 @@ async def test_transcription_is_capped_and_priced_before_the_call(make_aria: Mak
         _send(fake_telegram, "voice", b"OggS", duration=5)
         await shown(fake_telegram, "ARIA_TRANSCRIBE_USD_PER_MINUTE")  # no price known: fails closed
     assert fake_openai.transcriptions == [] and _rows(aria, Spend) == [] and _rows(aria, Run) == []
+
+
+async def test_the_owners_request_cap_override_holds_for_transcription(make_aria: MakeAria, fake_telegram: Any,
+                                                                       fake_openai: Any) -> None:
+    async with serving(make_aria, fake_telegram, transcribe_model="whisper-1") as aria:
+        aria.ledger.set_flag(REQUEST_OVERRIDE, "1000")  # /budget request 0.001, confirmed
+        _send(fake_telegram, "voice", b"OggS", duration=60)  # a minute: up to $0.0061
+        (capped,) = await shown(fake_telegram, "a request may spend")
+    assert "over the $0.0010 a request may spend" in capped.params["text"]
+    assert fake_openai.transcriptions == [] and _rows(aria, Spend) == []
 
 
 async def test_a_configured_minute_price_is_used_and_a_failed_call_is_released(

@@ -25,6 +25,7 @@ import openai
 
 from aria.errors import AriaError
 from aria.ledger import Ledger, Spend, usd_to_micros
+from aria.ledger.reports import format_usd
 from aria.llm.budget import Budget
 from aria.sanitize import clean_text
 
@@ -122,17 +123,20 @@ class Transcriber:
     def _reserve(self, worst: int, price: MinutePrice, event_id: int | None) -> int:
         """Check the caps and insert the reservation, in one IMMEDIATE transaction (concurrent runs cannot pass a
         cap together)."""
-        if worst > self.request_cap:
-            raise TranscriptionRefused(
-                f"That voice note could cost up to ${worst / 1e6:.4f} to transcribe, over the "
-                f"${self.request_cap / 1e6:.2f} a request may spend (ARIA_RUN_MAX_USD). Send a shorter one.")
         day = self.budget.today()
         with self.ledger.write_conn() as conn:
-            left = self.budget.day_cap - Budget.spent_on(conn, day)
+            # The owner's /budget overrides count here as for any call, read in the reserving transaction.
+            request_cap = self.budget.overrides.request_cap(self.request_cap, conn)
+            if worst > request_cap:
+                raise TranscriptionRefused(
+                    f"That voice note could cost up to {format_usd(worst)} to transcribe, over the "
+                    f"{format_usd(request_cap)} a request may spend (/budget, ARIA_RUN_MAX_USD). Send a shorter one.")
+            day_cap = self.budget.overrides.day_cap(conn, self.budget.base_day_cap, day)
+            left = day_cap - Budget.spent_on(conn, day)
             if worst > left:
                 raise TranscriptionRefused(
-                    f"Not transcribed: ${max(left, 0) / 1e6:.4f} is left of today's budget (ARIA_DAY_MAX_USD), and "
-                    f"that voice note could cost up to ${worst / 1e6:.4f}.")
+                    f"Not transcribed: {format_usd(max(left, 0))} is left of today's budget (ARIA_DAY_MAX_USD), and "
+                    f"that voice note could cost up to {format_usd(worst)}.")
             return self.ledger.insert(conn, Spend, {
                 "run_id": None, "event_id": event_id, "provider": self.budget.provider, "model": self.model,
                 "status": "reserved", "reserved_micros": worst, "price_source": price.source, "day": day,
