@@ -184,14 +184,16 @@ class Budget:
                 listener(day, threshold)
 
     def settle(self, reservation: Reservation, tokens: TokenCounts, *, step_id: int | None = None,
-               raw_usage: dict[str, object] | None = None, step: dict[str, Any] | None = None) -> int:
+               raw_usage: dict[str, object] | None = None, step: dict[str, Any] | None = None,
+               estimated: bool = False) -> int:
         """Replace a reservation with the priced usage; returns the cost in micro-dollars. A `step` (column values)
-        describing the call is recorded in the same transaction (one commit per call instead of two)."""
+        describing the call is recorded in the same transaction (one commit per call instead of two). `estimated`
+        marks tokens Aria counted itself rather than the provider's usage."""
         cost = self.prices.cost_micros(reservation.model, tokens)
         settled = {
             "status": "settled", "step_id": step_id, "cost_micros": cost, "prompt_tokens": tokens.prompt,
             "completion_tokens": tokens.completion, "cached_tokens": tokens.cached,
-            "reasoning_tokens": tokens.reasoning, "settled_at": self.ledger.now(),
+            "reasoning_tokens": tokens.reasoning, "settled_at": self.ledger.now(), "price_known": not estimated,
             "usage_json": json.dumps(raw_usage, default=str) if raw_usage is not None else None,
         }
         with self.ledger.write_conn() as conn:
@@ -205,22 +207,13 @@ class Budget:
                                        "last_model": reservation.model})
         return cost
 
-    def settle_cut(self, reservation: Reservation, received_tokens: int, *, why: str,
-                   step_id: int | None = None) -> int:
+    def settle_cut(self, reservation: Reservation, received_tokens: int, *, why: str, step_id: int | None = None,
+                   step: dict[str, Any] | None = None) -> int:
         """Settle a call whose usage is unknown but whose output stopped (closed, cut, or unreported): the bound of
         the prompt that was sent plus the tokens that arrived, marked as an estimate. Returns the cost."""
         tokens = TokenCounts(prompt=reservation.prompt_upper, completion=min(received_tokens, reservation.max_tokens))
-        cost = self.prices.cost_micros(reservation.model, tokens)
-        with self.ledger.write_conn() as conn:
-            self.ledger.update_row(conn, Spend, reservation.spend_id, {
-                "status": "settled", "step_id": step_id, "cost_micros": cost, "price_known": False,
-                "prompt_tokens": tokens.prompt, "completion_tokens": tokens.completion,
-                "settled_at": self.ledger.now(),
-                "usage_json": json.dumps({"estimated": "prompt bound + tokens received", "why": why[:200]})})
-            conn.execute(_ADD_TO_RUN, {"row_id": reservation.run_id, "add_steps": 0, "add_prompt": tokens.prompt,
-                                       "add_completion": tokens.completion, "add_cost": cost,
-                                       "last_model": reservation.model})
-        return cost
+        return self.settle(reservation, tokens, step_id=step_id, step=step, estimated=True,
+                           raw_usage={"estimated": "prompt bound + tokens received", "why": why[:200]})
 
     def release(self, reservation: Reservation, *, billed_unknown: bool = False, step_id: int | None = None) -> None:
         """A call failed: nothing was billed (release), or billing is unknown (keep the worst case as cost)."""

@@ -186,18 +186,18 @@ class ModelCaller:
         step = self._step_values(scope, model, "ok", number, started, detail=_summary(result))
         if received.usage is None:
             # No usage reported: what arrived plus the bound of the prompt is the only honest figure.
-            self.budget.settle_cut(reservation, received.completion_tokens(), why="no usage reported",
-                                   step_id=self.ledger.add_step(Step(**step)))
-            return result
+            cost = self.budget.settle_cut(reservation, received.completion_tokens(), why="no usage reported",
+                                          step=step)
+            return replace(result, cost_micros=cost)
         raw = received.usage.model_dump() if hasattr(received.usage, "model_dump") else None
         try:
-            cost = self.budget.settle(reservation, _tokens(received.usage), raw_usage=raw, step=step)
+            cost = self.budget.settle(reservation, result.tokens, raw_usage=raw, step=step)
         except LedgerUnavailable:
             raise  # nothing can be written: the reservation stays as the worst case until the ledger is back
         except Exception:
             self.budget.release(reservation, billed_unknown=True)
             raise
-        return ChatResult(result.text, result.tool_calls, result.model, result.finish_reason, result.tokens, cost)
+        return replace(result, cost_micros=cost)
 
     @staticmethod
     def _classify(exc: Exception) -> ProviderError:
