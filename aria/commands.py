@@ -18,6 +18,7 @@ from aria.views import help_text, set_autonomy, skills_text, status_text
 
 if TYPE_CHECKING:
     from aria.app import Aria
+    from aria.channel import Channel
 
 COST_MAX_DAYS = 90
 NAMES = ("help", "start", "status", "skills", "digest", "cost", "approvals", "pause", "resume", "mcp",
@@ -71,6 +72,14 @@ async def answer(aria: Aria, name: str, args: list[str], *, chat_id: int | None 
     if name in notes.COMMANDS:
         return [Reply(notes.answer(aria.knowledge, name, args, raw))]
     return [Reply(help_text(aria.caller is not None))]
+
+
+async def send(aria: Aria, channel: Channel, chat_id: int, replies: list[Reply]) -> None:
+    """Write and deliver a command's replies in a chat, every part of each kept (buttons, photo, document)."""
+    for reply in replies:
+        await aria.runs.reply(channel, chat_id, reply.text, photo=reply.photo, actions=reply.actions,
+                              purpose=reply.purpose, approval_id=reply.approval_id, document=reply.document,
+                              file_name=reply.file_name)
 
 
 def _switch(aria: Aria, *, paused: bool) -> str:

@@ -23,11 +23,12 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aria.agent.outcome import Action, Outcome
+from aria.agent.provenance import OWNER_TRIGGERS, untrusted_sources
 from aria.agent.state import Request
 from aria.approvals import Press, PressResult, callback_data
 from aria.channel import Channel, Live, Quiet, ReplyWriter
 from aria.errors import AlreadyHandled, LedgerUnavailable
-from aria.ledger import Approval
+from aria.ledger import Approval, Ledger, Run
 from aria.recovery import Recovery
 from aria.sanitize import shorten
 
@@ -323,4 +324,14 @@ class RunService:
         await self.recovery.run()
 
 
-__all__ = ["RunService"]
+def retry_request(ledger: Ledger, run: Run, kind: str, chat_id: int, user_id: int | None) -> Request:
+    """The request a Retry press runs again ("again", "strong", "budget", "raise"). Someone else's words (a forward,
+    a document, an event) stay theirs in the retry: same trigger, same untrusted sources."""
+    owners = run.trigger in OWNER_TRIGGERS
+    return Request(text=run.request, trigger="message" if owners else run.trigger, channel="telegram",
+                   chat_id=chat_id, user_id=user_id, escalate=kind == "strong",
+                   budget_factor=2.0 if kind == "budget" else 1.0,
+                   sources=() if owners else tuple(untrusted_sources(ledger, run.id or 0)))
+
+
+__all__ = ["RunService", "retry_request"]

@@ -162,11 +162,8 @@ async def _answer(aria: Aria, channel: TerminalChannel, text: str) -> None:
             await channel.tell_directly(TERMINAL_CHAT_ID, "No answer is waiting to be continued.")
         return
     if command:
-        for reply in await commands.answer(aria, command, words[1:], chat_id=TERMINAL_CHAT_ID,
-                                           user_id=TERMINAL_USER):
-            await aria.runs.reply(channel, TERMINAL_CHAT_ID, reply.text, photo=reply.photo, purpose=reply.purpose,
-                                  approval_id=reply.approval_id, actions=reply.actions, document=reply.document,
-                                  file_name=reply.file_name)
+        replies = await commands.answer(aria, command, words[1:], chat_id=TERMINAL_CHAT_ID, user_id=TERMINAL_USER)
+        await commands.send(aria, channel, TERMINAL_CHAT_ID, replies)
         return
     await aria.runs.handle(Request(text=text, trigger="message", channel=CHANNEL, chat_id=TERMINAL_CHAT_ID,
                                    user_id=TERMINAL_USER), channel)

@@ -112,7 +112,6 @@ class Request:
     response: JSON | None = None
     path: str = "/v1/chat/completions"
     stream: bool = False
-    chunks_sent: int = 0  # streamed chunks written before the stream ended
     closed_early: bool = False  # the client went away before the stream was complete
 
     def __repr__(self) -> str:
@@ -488,14 +487,12 @@ class FakeOpenAI(ServedFake):
                 if item.kind == "hang":
                     await asyncio.sleep(item.seconds)  # no first token for this long
                 yield chunk({"role": "assistant", "content": ""})
-                entry.chunks_sent += 1
                 for index, piece in enumerate(_pieces(choice["message"]["content"] or "")):
                     if item.kind == "stall" and index == item.stall_after:
                         await asyncio.sleep(item.seconds)
                     if self.token_delay:
                         await asyncio.sleep(self.token_delay)
                     yield chunk({"content": piece})
-                    entry.chunks_sent += 1
                 for position, call in enumerate(choice["message"].get("tool_calls") or []):
                     function = call["function"]
                     yield chunk({"tool_calls": [{"index": position, "id": call["id"], "type": "function",
@@ -504,9 +501,7 @@ class FakeOpenAI(ServedFake):
                     for start in range(0, len(arguments), 16):
                         yield chunk({"tool_calls": [{"index": position,
                                                      "function": {"arguments": arguments[start:start + 16]}}]})
-                    entry.chunks_sent += 1
                 yield chunk({}, choice["finish_reason"])
-                entry.chunks_sent += 1
                 if include_usage:
                     yield f"data: {json.dumps({**base, 'choices': [], 'usage': reply['usage']})}\n\n".encode()
                 yield b"data: [DONE]\n\n"

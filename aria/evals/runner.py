@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aria import commands
-from aria.agent.provenance import forwarded_request
 from aria.agent.state import Request
 from aria.app import Aria
-from aria.approvals import REFUSALS, Press, PressResult
+from aria.approvals import REFUSALS, PressResult, callback_data, parse_callback
 from aria.config import Settings
 from aria.digest.service import CATCH_UP_JOB
 from aria.documents import DocumentRefused, read_document
@@ -49,7 +48,9 @@ from aria.evals.stage import (
 )
 from aria.events import EventIngress
 from aria.knowledge.owner import MAX_LEARN_CHARS, learn_document
-from aria.telegram.attachments import document_incoming, forward_source
+from aria.runs import retry_request
+from aria.sanitize import clean_text
+from aria.telegram.attachments import document_incoming, forwarded
 from aria.telegram.handlers import ACKNOWLEDGEMENTS, details_text, is_learn
 
 log = logging.getLogger(__name__)
@@ -262,14 +263,11 @@ class Player:
         if step.kind == "restart":
             await self.restart()
             return
-        if step.kind == "say":
-            await self._run(Request(text=step.text, trigger="message", channel="telegram", chat_id=OWNER,
-                                    user_id=OWNER))
-        elif step.kind == "forward":
-            sender = step.sender or "someone"
-            await self._run(Request(text=forwarded_request(sender, step.text), trigger="forward",
-                                    channel="telegram", chat_id=OWNER, user_id=OWNER,
-                                    sources=(forward_source(sender),)))
+        if step.kind in ("say", "forward"):  # as the Telegram text handler makes them
+            origin = (step.sender or "someone") if step.kind == "forward" else None
+            incoming = forwarded(origin, clean_text(step.text))
+            await self._run(Request(text=incoming.text, trigger=incoming.trigger, channel="telegram",
+                                    chat_id=OWNER, user_id=OWNER, sources=incoming.sources))
         elif step.kind == "document":
             await self._document(step)
         elif step.kind == "event":
@@ -279,10 +277,11 @@ class Player:
         elif step.kind == "retry":
             await self._retry(step.retry or "again")
         elif step.kind == "command":
-            words = (step.command or "/").split()
-            for reply in await commands.answer(self.aria, words[0].lstrip("/").lower(), words[1:]):
-                await self.aria.runs.reply(self.channel, OWNER, reply.text, photo=reply.photo,
-                                           purpose=reply.purpose, approval_id=reply.approval_id)
+            raw = step.command or "/"
+            words = raw.split()
+            replies = await commands.answer(self.aria, words[0].lstrip("/").lower(), words[1:], chat_id=OWNER,
+                                            user_id=OWNER, raw=raw)
+            await commands.send(self.aria, self.channel, OWNER, replies)
         await self.channel.deliver(0)
         if step.kind == "event" and _event_runs(self.aria) == runs_before:
             return  # the source's rule found nothing to act on (a passing check): no run, nothing to say
@@ -351,7 +350,8 @@ class Player:
             text = ACKNOWLEDGEMENTS.get(result) or REFUSALS.get(result, "Nothing was done.")
             self.channel.messages.append(Message(text, "toast", "press", None, approval.id))
 
-        press = Press(approval.id, "a" if step.press == "approve" else "r", approval.args_hash[:12])
+        press = parse_callback(callback_data(approval, "a" if step.press == "approve" else "r"))  # as the button
+        assert press is not None
         await self.aria.runs.decide(press, OWNER, self.channel, acknowledge)
         await asyncio.sleep(0.01)  # the approval message's edit is delivered on the side
 
@@ -359,9 +359,7 @@ class Player:
         run = _last_run(self.aria)
         if run is None:
             raise StepProblem("retry: no run to retry")
-        await self._run(Request(text=run.request, trigger="message", channel="telegram", chat_id=OWNER,
-                                user_id=OWNER, escalate=kind == "strong",
-                                budget_factor=2.0 if kind == "budget" else 1.0))
+        await self._run(retry_request(self.aria.ledger, run, kind, OWNER, OWNER))
 
 
 def _credentials(mode: str, key: str, body: bytes) -> dict[str, str]:

@@ -16,9 +16,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-TABLES = ("run", "step", "spend", "failure", "approval", "outbox", "event")
-PLACEHOLDERS = ("{pages}", "{closed}", "{secret}")
-
 
 class Strict(BaseModel):
     """Unknown keys are mistakes (a typo in an expectation must not pass silently)."""
@@ -388,5 +385,5 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return f"{text}: " if text else ""
 
 
-__all__ = ["PLACEHOLDERS", "TABLES", "Expect", "Scenario", "ScenarioError", "Step", "Turn", "fill", "load",
+__all__ = ["Expect", "Scenario", "ScenarioError", "Step", "Turn", "fill", "load",
            "load_file"]

@@ -21,13 +21,14 @@ from telegram.error import TelegramError
 from telegram.ext import ApplicationHandlerStop, ContextTypes
 
 from aria import commands, control
-from aria.agent.provenance import OWNER_TRIGGERS, untrusted_sources
+from aria.agent.provenance import untrusted_sources
 from aria.agent.state import Request
 from aria.app import Aria
 from aria.approvals import MAX_ID, REFUSALS, PressResult, parse_callback
 from aria.errors import LedgerUnavailable
 from aria.knowledge.owner import MAX_LEARN_CHARS, learn_document
 from aria.ledger.reports import format_usd
+from aria.runs import retry_request
 from aria.sanitize import clean_text
 from aria.strangers import warn_stranger
 from aria.telegram.attachments import (
@@ -113,11 +114,10 @@ async def command(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     name = message.text.split()[0].lstrip("/").split("@")[0].lower()
     aria = _aria(context)
     user_id = update.effective_user.id if update.effective_user else None
-    for reply in await commands.answer(aria, name, list(context.args or []), chat_id=update.effective_chat.id,
-                                       user_id=user_id, raw=message.text):
-        await aria.runs.reply(_channel(context), update.effective_chat.id, reply.text, photo=reply.photo,
-                              actions=reply.actions, purpose=reply.purpose, approval_id=reply.approval_id,
-                              document=reply.document, file_name=reply.file_name)
+    chat_id = update.effective_chat.id
+    replies = await commands.answer(aria, name, list(context.args or []), chat_id=chat_id, user_id=user_id,
+                                    raw=message.text)
+    await commands.send(aria, _channel(context), chat_id, replies)
     event_id = _intake(context).event_of.pop(update.update_id, None)
     if event_id is not None:
         _intake(context).processed(event_id)
@@ -293,13 +293,7 @@ async def retry_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
         await query.edit_message_reply_markup(reply_markup=None)
     except TelegramError as exc:  # the buttons staying is cosmetic; the retry below is what matters
         log.info("could not remove the retry buttons: %s", exc)
-    # Someone else's words (a forward, a document, an event) stay theirs in the retry: same trigger, same sources.
-    owners = run.trigger in OWNER_TRIGGERS
-    await aria.runs.handle(Request(text=run.request, trigger="message" if owners else run.trigger,
-                                   channel="telegram", chat_id=chat.id, user_id=query.from_user.id,
-                                   escalate=kind == "strong", budget_factor=2.0 if kind == "budget" else 1.0,
-                                   sources=() if owners else tuple(untrusted_sources(aria.ledger, run.id or 0))),
-                           _channel(context))
+    await aria.runs.handle(retry_request(aria.ledger, run, kind, chat.id, query.from_user.id), _channel(context))
 
 
 async def change_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
