@@ -100,6 +100,11 @@ async def test_shadow_skill_is_promoted_after_enough_thumbs_up_then_demoted_by_o
         assert "not yet promotable: 0 of 3 judgements needed" in view.params["text"]
 
     assert marks(aria.settings.data_dir) == []
+    # Changing that answer back and forth is still one critical miss: no second demotion.
+    with aria.ledger.read() as s:
+        first_id = s.exec(select(Proposal).order_by(col(Proposal.id))).first().id
+    aria.rollout.judge(first_id, "up", OWNER)
+    assert aria.rollout.judge(first_id, "down", OWNER)[1] == []
     with aria.ledger.read() as s:
         rows = s.exec(select(Rollout).order_by(col(Rollout.id))).all()
         steps = [(r.kind, r.from_level, r.to_level, r.status) for r in rows]

@@ -134,7 +134,9 @@ class Rollout:
                 "verdict": verdict, "judged_by": user_id, "judged_at": self.ledger.now()})
         outcome: Judged = "changed" if proposal.verdict is not None else "judged"
         self._mark_message(proposal, verdict)
-        if verdict == "down" and proposal.risk == "risky":
+        # One proposal is one critical miss: changing the answer back and forth demotes the skill once.
+        if verdict == "down" and proposal.risk == "risky" and \
+                self.ledger.claim_flag(f"rollout:demoted-by:{proposal_id}", str(user_id)):
             why = f"you would not have approved {proposal.summary} (proposal {proposal_id})"
             return outcome, [self.demote(proposal.skill, why, user_id)]
         suggestion = self.suggest(proposal.skill)
