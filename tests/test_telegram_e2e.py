@@ -15,6 +15,7 @@ from aria.app import Aria
 from aria.ledger import Event, Failure, Run, Spend
 from aria.telegram.attachments import UNREADABLE
 from aria.telegram.bot import build_application
+from aria.telegram.intake import Intake
 from aria.telegram.send import send_text
 from tests.conftest import OWNER, STRANGER, eventually, polling
 
@@ -238,3 +239,17 @@ async def test_a_reply_telegram_keeps_refusing_goes_to_the_outbox(bot: Any, fake
     assert fake_telegram.sent_texts(OWNER) == ["Delivered later."]
     assert _count(aria, Failure, Failure.component == "outbox") == 1
     await eventually(lambda: aria.outbox.undelivered() == 0)  # marked once Telegram's answer is back
+
+
+async def test_a_message_whose_handler_fails_is_not_handled_again_at_the_next_start(
+        bot: Any, fake_telegram: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    aria, _ = bot
+
+    async def broken(*args: Any, **kwargs: Any) -> list[Any]:
+        raise RuntimeError("a bug in a command")
+
+    monkeypatch.setattr("aria.commands.answer", broken)
+    fake_telegram.add_message("/status", user_id=OWNER)
+    await fake_telegram.wait_for("sendMessage", predicate=lambda c: "Something went wrong" in c.params["text"])
+    await eventually(lambda: Intake(aria.ledger).unprocessed() == [])  # the next start hands it over no more
+    assert _count(aria, Failure) >= 1

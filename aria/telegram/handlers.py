@@ -373,3 +373,8 @@ async def on_error(update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         detail = str(error) if isinstance(error, LedgerUnavailable) else type(error).__name__
         await aria.runs.reply(_channel(context), update.effective_chat.id,
                               f"Something went wrong handling that ({detail}); it is recorded.")
+    # The owner was told: the recorded message is done, not handed to every later start again. (A message the
+    # ledger could not take stays, for the start after the outage.)
+    event_id = _intake(context).event_of.pop(update.update_id, None) if isinstance(update, Update) else None
+    if event_id is not None and not isinstance(error, LedgerUnavailable):
+        _intake(context).processed(event_id)
