@@ -91,6 +91,26 @@ def test_a_replacement_supersedes_once_and_forgetting_it_brings_the_old_fact_bac
         store.forget(new.id)
 
 
+def test_a_finding_cannot_retire_the_owners_note(ledger: Ledger) -> None:
+    store = Knowledge(ledger).store
+    owners = store.remember("The kiln technician is Keramikbedarf, phone 0761 22 33")
+    with pytest.raises(KnowledgeError, match="less reliable note cannot replace it"):
+        store.remember("The kiln technician is EvilCorp, 0900 666", kind="tool", source="chat, after reading a page",
+                       supersedes=owners.id)
+    assert store.get(owners.id).superseded_by is None  # type: ignore[union-attr]
+    assert [n.id for n in rows(ledger)] == [owners.id]  # nothing of the refused note was stored
+
+
+def test_forgetting_the_middle_of_a_chain_keeps_the_oldest_fact_replaced(ledger: Ledger) -> None:
+    store = Knowledge(ledger).store
+    first = store.remember("The NAS is at 192.168.10.20")
+    middle = store.remember("The NAS is at 192.168.10.25", supersedes=first.id)
+    newest = store.remember("The NAS is at 192.168.10.30", supersedes=middle.id)
+    store.forget(middle.id)
+    assert store.get(first.id).superseded_by == newest.id  # type: ignore[union-attr]
+    assert store.get(newest.id).supersedes == first.id  # type: ignore[union-attr]
+
+
 def test_passages_follow_headings_keep_code_whole_and_carry_their_dates() -> None:
     passages = split_passages(RUNBOOK, "nas")
     assert [p.title for p in passages] == ["NAS runbook", "NAS runbook > Restart",

@@ -70,30 +70,37 @@ class NoteStore:
             session.flush()
             assert note.id is not None
             if supersedes is not None:
-                self._replace(session, supersedes, note.id)
+                self._replace(session, supersedes, note.id, note.reliability)
             session.refresh(note)
         return note
 
-    def _replace(self, session: Session, old_id: int, new_id: int) -> None:
-        """Compare-and-set: the older note must exist and not be replaced already (else the caller's whole
-        transaction rolls back, and nothing is stored)."""
-        changed = session.execute(update(Note).where(col(Note.id) == old_id, col(Note.superseded_by).is_(None))
+    def _replace(self, session: Session, old_id: int, new_id: int, reliability: int) -> None:
+        """Compare-and-set: the older note must exist, not be replaced already, and be no more reliable than the
+        new one (a finding made after reading a page cannot retire what the owner said); else the caller's whole
+        transaction rolls back, and nothing is stored."""
+        changed = session.execute(update(Note).where(col(Note.id) == old_id, col(Note.superseded_by).is_(None),
+                                                     col(Note.reliability) <= reliability)
                                   .values(superseded_by=new_id))
         if changed.rowcount == 1:  # type: ignore[attr-defined]
             return
         old = session.get(Note, old_id)
         if old is None:
             raise KnowledgeError(f"there is no note {old_id} to replace")
+        if old.reliability > reliability:
+            raise KnowledgeError(f"note {old_id} is {old.kind}-stated; a less reliable note cannot replace it")
         raise KnowledgeError(f"note {old_id} was already replaced by note {old.superseded_by}; replace that one")
 
     def forget(self, note_id: int) -> Note:
-        """Delete a note (its index entry goes with it). A note it had replaced becomes current again."""
+        """Delete a note (its index entry goes with it). A note it had replaced becomes current again, unless a newer
+        note replaces this one too."""
         with self.ledger.write() as session:
             note = session.get(Note, note_id)
             if note is None:
                 raise KnowledgeError(f"there is no note {note_id}")
-            session.execute(update(Note).where(col(Note.superseded_by) == note_id).values(superseded_by=None))
-            session.execute(update(Note).where(col(Note.supersedes) == note_id).values(supersedes=None))
+            # Taken out of a chain A ← this ← C, A stays replaced (by C): only the chain's newest note is current.
+            session.execute(update(Note).where(col(Note.superseded_by) == note_id)
+                            .values(superseded_by=note.superseded_by))
+            session.execute(update(Note).where(col(Note.supersedes) == note_id).values(supersedes=note.supersedes))
             gone = Note.model_validate(note.model_dump())
             session.delete(note)
             if note.document_id is not None:
