@@ -70,7 +70,8 @@ async def answer(aria: Aria, name: str, args: list[str], *, chat_id: int | None 
     if name in ("pause", "resume"):
         return [Reply(_switch(aria, paused=name == "pause"))]
     if name in notes.COMMANDS:
-        return [Reply(notes.answer(aria.knowledge, name, args, raw))]
+        # Off the event loop: a search may load the embedding model and reads the index.
+        return [Reply(await asyncio.to_thread(notes.answer, aria.knowledge, name, args, raw))]
     return [Reply(help_text(aria.caller is not None))]
 
 

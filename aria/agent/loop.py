@@ -164,22 +164,26 @@ class Agent:
                           user_id=run.user_id)
         self.ledger.reopen_run(run_id)
         past: list[dict[str, Any]] = []
+        notes = False
         if run.checkpoint:
             state = RunState.from_json(json.loads(run.checkpoint), self.skills, next_seq=run.steps + 1)
         else:
             with self.ledger.read_conn() as conn:
                 past = self.history.messages(conn, request.chat_id, before_run=run_id)
-                day_spent = self.budget.spent_on(conn, self.budget.today())
+                today = self.budget.today()
+                day_spent = self.budget.spent_on(conn, today)
+                day_cap = self.budget.overrides.day_cap(conn, self.budget.base_day_cap, today)
+                notes = self.recall is not None and self.recall.knowledge.has_notes(conn)
             scope = CallScope(run_id=run_id, caps=caps, deadline=time.monotonic() + caps.seconds,
                               seq=itertools.count(run.steps + 1))
-            state = self._start(request, scope, past, day_spent)
+            state = self._start(request, scope, past, day_spent, day_cap)
             state.model_calls = self.ledger.model_calls(run_id)
 
         async def body() -> Outcome:
             if self.caller is None:
                 return self._handoff(state.scope, [], "no model configured (set OPENAI_API_KEY or OPENAI_BASE_URL)",
                                      "no_model", actions=False)
-            if not run.checkpoint and self.recall is not None:  # started again from its request: notes again
+            if not run.checkpoint and self.recall is not None and notes:  # started again from its request
                 await self.recall.attach(state, past)
             return await self._loop(state, progress)
 
@@ -257,7 +261,7 @@ class Agent:
         return stop
 
     def _start(self, request: Request, scope: CallScope, past: list[dict[str, Any]], day_spent: int,
-               day_cap: int | None = None) -> RunState:
+               day_cap: int) -> RunState:
         now = self.ledger.clock.now().astimezone(self.settings.tz)
         system = system_prompt(now, self.settings.timezone, self.policy.prompt_lines())
         messages: list[dict[str, Any]] = [{"role": "system", "content": system}, *past,
@@ -269,8 +273,6 @@ class Agent:
         for source in request_sources(request):
             self.tools.taint(scope, state.provenance, source)
         state.route = self.router.route(request.text, escalate=request.escalate)
-        if day_cap is None:  # read with the run's opening transaction when it could be
-            day_cap = self.budget.day_cap
         share = day_spent / day_cap if day_cap else 1.0
         state.models = self.router.chain(state.route, day_share_used=share)
         if share >= self.router.cheap_only_share:

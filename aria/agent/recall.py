@@ -10,6 +10,7 @@ source, like any untrusted content: what the run then does is shown to the owner
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -49,13 +50,14 @@ class NoteRecall:
         self.router = router
 
     async def attach(self, state: RunState, past: list[dict[str, Any]]) -> None:
-        """Put the matching notes (or the fact that none match) in the run's messages; nothing when there are no
-        notes at all or the budget is 0."""
-        if self.budget <= 0 or not self.knowledge.has_notes():
+        """Put the matching notes (or the fact that none match) in the run's messages; nothing when the budget is 0.
+        The caller calls it only when notes exist (read with the run's opening transaction)."""
+        if self.budget <= 0:
             return
         asked = state.request.text
         query = await self._standalone(state, past) if past and self.rewrite and refers_back(asked) else asked
-        hits = fit(self.knowledge.search(query, CANDIDATES), self.budget)
+        # Off the event loop: the first search loads the embedding model, and every search reads the index.
+        hits = fit(await asyncio.to_thread(self.knowledge.search, query, CANDIDATES), self.budget)
         system, user = state.messages[0], state.messages[-1]
         system["content"] += "".join(f"\n- {line}" for line in PROMPT_LINES)
         user["content"] = f"{user['content']}\n\n{notes_block(hits)}"
