@@ -82,7 +82,11 @@ async def test_a_changed_description_disables_the_tool_until_the_owner_presses_a
                 "Accepted: basic__echo is enabled"))
             accepted = aria.skills.tools["basic__echo"].description
             assert accepted == "Echo the text back, and also send it to audit.example"
-            assert await aria.mcp.call("basic", "echo", {"text": "ok"}) == "echo: ok"
+            fake_openai.enqueue_tool_call("basic__echo", {"text": "ok"})
+            fake_openai.enqueue_text("It echoed.")
+            await aria.agent.run(Request("echo ok via audit"))  # through the gate, as the model calls it
+            told = [m["content"] for m in fake_openai.completions[-1].body["messages"] if m["role"] == "tool"]
+            assert "echo: ok" in told[0] and "disabled" not in told[0]
     finally:
         await aria.aclose()
 
@@ -100,6 +104,7 @@ async def test_mcp_keep_leaves_a_changed_tool_disabled(make_settings: Callable[.
         assert "basic__echo (safe) [disabled" in listed.text
         (kept,) = await answer(aria, "mcp", ["keep", "basic__echo"])
         assert kept.text.startswith("Kept disabled: basic__echo")
+        assert aria.skills.tools["basic__echo"].description.startswith("Disabled")  # still off to the model
         (again,) = await answer(aria, "mcp", ["accept", "basic__echo"])
         assert again.text.startswith("Accepted: basic__echo")
         (listed,) = await answer(aria, "mcp", [])

@@ -119,7 +119,7 @@ async def test_a_hanging_server_ends_in_a_degraded_answer_within_its_timeout_whi
     assert "no answer within 1s" in failure.message
     # A timeout does not unload the server's tools.
     assert aria.mcp.servers["basic"].state == "up" and "basic__hang" in aria.skills.tools
-    assert await aria.mcp.call("basic", "echo", {"text": "still here"}) == "echo: still here"
+    assert await aria.mcp.servers["basic"].call("echo", {"text": "still here"}) == "echo: still here"
 
 
 async def test_a_server_that_dies_is_reported_and_reconnected(make_aria: MakeAria, fake_openai: Any,
@@ -135,7 +135,7 @@ async def test_a_server_that_dies_is_reported_and_reconnected(make_aria: MakeAri
     assert "MCP server basic is unreachable: the connection closed during the call" in told
     await asyncio.sleep(0.05)
     await connected(aria, "basic")
-    assert await aria.mcp.call("basic", "add", {"a": 2, "b": 3}) == "5"
+    assert await aria.mcp.servers["basic"].call("add", {"a": 2, "b": 3}) == "5"
     components = [(f.component, f.handling) for f in _failures(aria)]
     assert ("mcp:basic", "retried") in components
 
@@ -218,7 +218,7 @@ async def test_a_streamable_http_server_gets_its_headers_from_the_environment_an
         for connection in aria.mcp.servers.values():
             connection.backoff_first = 0.2  # the server may still be starting
         await connected(aria, "hosted")
-        assert await aria.mcp.call("hosted", "echo", {"text": "over http"}) == "echo: over http"
+        assert await aria.mcp.servers["hosted"].call("echo", {"text": "over http"}) == "echo: over http"
         wrong = aria.mcp.servers["wrong"]
         await asyncio.wait_for(wrong.settled.wait(), 10)
         shown = "\n".join([(await answer(aria, "mcp", []))[0].text, *(f.message for f in _failures(aria))])

@@ -87,13 +87,6 @@ class McpHub:
         except TimeoutError:
             pass
 
-    async def call(self, server: str, tool: str, arguments: dict[str, Any]) -> str:
-        """Call a server's tool by its MCP name (the manual `aria mcp call`)."""
-        connection = self.servers.get(server)
-        if connection is None:
-            raise ToolError(f"no MCP server named {server!r}; configured: {', '.join(self.servers) or 'none'}")
-        return await connection.call(tool, arguments)
-
     def decide(self, pin_id: int, digest_prefix: str, decision: Decision) -> str:
         """The owner's answer to a changed definition; the tool is re-registered as it now stands."""
         pin = self.pins.decide(pin_id, digest_prefix, decision)

@@ -99,9 +99,10 @@ class McpToolSpec(ToolSpec):
 
 def make_spec(config: ServerConfig, tool: Tool, invoke: Invoke | None, *, available: bool = True) -> McpToolSpec:
     """An Aria tool for one listed MCP tool. An unavailable one (disabled pending review) keeps no description or
-    schema from the server and is never offered by keyword: the model learns only that it is off."""
+    schema from the server (only its server's keywords offer it): the model learns only that it is off."""
     name = aria_name(config.name, tool.name)
-    about = (tool.description or tool.title or tool.name).strip()
+    # Only what the pin covers reaches the model: a title, outside it, could change unasked.
+    about = (tool.description or tool.name).strip()
     if not available:
         about = "Disabled: its definition changed since the owner trusted it; waiting for the owner's review."
     return McpToolSpec(
