@@ -33,7 +33,7 @@ from aria.errors import ConfigError
 from aria.events import BodyTooLarge, EventIngress, read_body
 from aria.ledger import as_utc
 from aria.telegram.intake import SOURCE as INTAKE_SOURCE
-from aria.telegram.intake import wants_answer
+from aria.telegram.intake import to_record
 
 if TYPE_CHECKING:
     from aria.app import Aria
@@ -140,8 +140,7 @@ class _Endpoints:
             return JSONResponse({"status": "accepted"})
         # A message keeps its payload: a crash before its run opens leaves it to be handed over again at the next
         # start (see aria.telegram.intake). A button press needs none: its buttons are still there.
-        message = update.effective_message
-        keep = update.callback_query is None and message is not None and wants_answer(message)
+        keep = to_record(update)
         first = self.aria.ledger.record_event(TELEGRAM_SOURCE, status="accepted", verified=True,
                                               delivery_id=str(update_id), body_sha256=sha, user_id=user.id,
                                               payload=body.decode("utf-8", "replace") if keep else None)

@@ -42,7 +42,7 @@ from aria.telegram.attachments import (
     voice_request,
 )
 from aria.telegram.channel import TelegramChannel
-from aria.telegram.intake import Intake, wants_answer
+from aria.telegram.intake import Intake, to_record
 
 log = logging.getLogger(__name__)
 ACKNOWLEDGEMENTS: dict[PressResult, str] = {"approved": "Approved: running it now.", "rejected": "Rejected."}
@@ -82,8 +82,7 @@ async def _guard(update: Update, context: ContextTypes.DEFAULT_TYPE, intake: Int
     if chat is not None and chat.type != ChatType.PRIVATE and not aria.settings.allow_groups:
         # An owner in a group is heard by everyone there: answers (spend, hosts, drafts) stay in private chats.
         await _refuse(aria, update, f"owner's {kind} in a {chat.type} chat (ARIA_ALLOW_GROUPS is off)")
-    message = update.effective_message
-    if update.callback_query is None and message is not None and wants_answer(message):
+    if to_record(update):
         try:
             admitted = intake.admit(update)
         except LedgerUnavailable:
@@ -216,18 +215,12 @@ async def edited(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """An edited message: acknowledged, never a second billed run (the first version was answered, or is being)."""
     if update.effective_chat is not None:
         await _aria(context).runs.reply(_channel(context), update.effective_chat.id, EDIT_ACKNOWLEDGEMENT)
-    event_id = _intake(context).event_of.pop(update.update_id, None)
-    if event_id is not None:
-        _intake(context).processed(event_id)
 
 
 async def unsupported(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
     """Anything Aria does not read (stickers, videos, locations): say what it can read."""
     if update.effective_chat is not None:
         await _aria(context).runs.reply(_channel(context), update.effective_chat.id, UNREADABLE)
-    event_id = _intake(context).event_of.pop(update.update_id, None)  # a captioned video was recorded: answered
-    if event_id is not None:
-        _intake(context).processed(event_id)
 
 
 async def approval_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:

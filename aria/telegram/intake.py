@@ -103,7 +103,14 @@ class Intake:
         return int(row[0]), row[1] is not None
 
 
+def to_record(update: Update) -> bool:
+    """Whether an update is recorded before polling confirms it (or before the webhook answers): a new owner
+    message that Aria answers with a run. Edits, button presses and what Aria does not read get fixed replies."""
+    return update.message is not None and wants_answer(update.message)
+
+
 def wants_answer(message: Message) -> bool:
-    """Whether a message from the owner is one Aria answers with a run (so it is recorded first): text, a caption,
-    a document or a voice note. A photo without a caption is answered too (with what would work)."""
-    return bool(message.text or message.caption or message.document or message.voice or message.photo)
+    """Whether a message from the owner is one Aria answers with a run (so it is recorded first): text, a photo
+    (its caption; without one, it is answered with what would work), a document or a voice note. A captioned video
+    or an animation is not read, and gets a fixed reply."""
+    return bool(message.text or message.document or message.voice or message.photo)
