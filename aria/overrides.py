@@ -11,12 +11,9 @@ from __future__ import annotations
 from typing import Literal
 
 from sqlalchemy import Connection, bindparam, select, update
-from sqlmodel import col
-from sqlmodel import select as model_select
 
 from aria.ledger import KeyValue, Ledger, SettingChange
 
-ChangeKey = Literal["budget.day", "budget.request", "budget.today", "model.cheap", "model.strong"]
 DAY = "override:budget.day"  # micro-dollars
 REQUEST = "override:budget.request"  # micro-dollars
 MODEL = {"cheap": "override:model.cheap", "strong": "override:model.strong"}
@@ -106,12 +103,6 @@ class Overrides:
                 "chat_id": chat_id, "created_at": now, "decided_at": now})
             self._set(conn, key, new)
 
-    def history(self, limit: int = 5) -> list[SettingChange]:
-        """The latest decided changes, newest first."""
-        with self.ledger.read() as s:
-            return list(s.exec(model_select(SettingChange).where(col(SettingChange.status) == "applied")
-                               .order_by(col(SettingChange.id).desc()).limit(limit)))
-
     def _set(self, conn: Connection, key: str, value: str) -> None:
         if key.startswith("budget.today:"):
             flag = raise_key(key.split(":", 1)[1])
@@ -125,4 +116,4 @@ class Overrides:
             conn.execute(_KV.insert().values(key=flag, value=value, updated_at=self.ledger.now()))
 
 
-__all__ = ["ChangeKey", "Overrides", "raise_key"]
+__all__ = ["Overrides", "raise_key"]

@@ -19,7 +19,7 @@ stale-fact rate (superseded questions where the stale passage ranks above every 
 unanswerable questions declined (nothing returned), tokens of notes sent per answered question (the context Aria
 builds within ARIA_KNOWLEDGE_TOKENS) against sending every note, and p50/p95 search latency on synthetic notes.
 
-    python -m bench.knowledge [--sizes 1000,10000,100000] [--questions N]
+    python -m bench.knowledge [--sizes 1000,10000,100000]
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from aria.knowledge import Knowledge
 from aria.knowledge.analysis import words
 from aria.knowledge.context import fit, notes_block
 from aria.knowledge.meaning import shared_embedder
-from aria.knowledge.models import Note
 from aria.knowledge.search import Hit, Searcher, passage_stems
 from aria.ledger import Ledger
 from aria.llm.tokens import estimate_tokens
@@ -317,7 +316,6 @@ def main(argv: list[str] | None = None) -> str:
             "",
             latency(sizes, questions, vocabulary, folder),
         ]
-    _ = Note  # the table the synthetic rows go into
     return "\n".join(report)
 
 

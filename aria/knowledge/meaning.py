@@ -4,7 +4,7 @@ loads offline in a fraction of a second and never downloads anything).
 
 The model loads on the first search, not when Aria starts, so start-up and idle memory stay as they were until
 notes are asked about. Passages are embedded when they are first ranked and kept by text in a bounded cache: a
-search embeds only the candidates BM25 found, never the whole index.
+search embeds the candidates BM25 found and, while the notes are few (search.py), every note once.
 """
 
 from __future__ import annotations

@@ -33,9 +33,7 @@ def answer(knowledge: Knowledge, name: str, args: list[str], raw: str = "") -> s
         if name == "forget":
             return _forget(knowledge, args)
         return _notes(knowledge, " ".join(args))
-    except KnowledgeError as exc:
-        return f"Not done: {exc}."
-    except LedgerUnavailable as exc:
+    except (KnowledgeError, LedgerUnavailable) as exc:
         return f"Not done: {exc}."
 
 

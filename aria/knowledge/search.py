@@ -101,9 +101,8 @@ class _Candidate:
 class Searcher:
     """Ranks the notes of one ledger for a question."""
 
-    def __init__(self, ledger: Ledger, *, min_coverage: float = MIN_COVERAGE, meaning: bool = True) -> None:
+    def __init__(self, ledger: Ledger, *, meaning: bool = True) -> None:
         self.ledger = ledger
-        self.min_coverage = min_coverage
         self.meaning = meaning  # False: words only (the bench measures both)
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
@@ -237,7 +236,7 @@ class Searcher:
             scored.append(Hit(c.id, c.text, c.title, c.source, c.kind, score, c.dated, coverage, c.supersedes,
                               c.superseded_by, frozenset(matched)))
         if similarity is None:
-            answered = best_coverage >= self.min_coverage
+            answered = best_coverage >= MIN_COVERAGE
         else:
             answered = best_coverage >= MEANING_COVERAGE or best_cosine >= MEANING_CLOSE
         if not scored or not answered:

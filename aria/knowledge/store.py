@@ -21,7 +21,7 @@ from sqlmodel import Session, col, select
 from aria.errors import ToolError
 from aria.knowledge.chunking import Passage, name_date, split_passages
 from aria.knowledge.models import RELIABILITY, Note, NoteDocument, NoteKind
-from aria.ledger import Ledger, as_utc
+from aria.ledger import Ledger
 
 MAX_NOTE_CHARS = 4_000  # one remembered fact; files are split into passages instead
 MAX_FILE_BYTES = 2_000_000
@@ -231,8 +231,3 @@ class NoteStore:
 def _tags(tags: Iterable[str]) -> str:
     cleaned = [t.strip().lstrip("#").lower() for t in tags]
     return " ".join(dict.fromkeys(t for t in cleaned if t))[:300]
-
-
-def note_date(note: Note) -> dt.datetime:
-    """A note's date as aware UTC (SQLite hands back naive values)."""
-    return as_utc(note.dated_at)

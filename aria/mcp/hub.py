@@ -49,8 +49,8 @@ class McpHub:
     """Starts, watches and stops the MCP servers and keeps their tools in the SkillSet."""
 
     def __init__(self, config: McpConfig, skills: SkillSet, ledger: Ledger, board: BreakerBoard, outbox: Outbox,
-                 owner_ids: Sequence[int], *, log_dir: Path | None = None, targets: dict[str, Any] | None = None,
-                 backoff_first: float = 1.0, watch_every: float = 30.0) -> None:
+                 owner_ids: Sequence[int], *, log_dir: Path | None = None,
+                 targets: dict[str, Any] | None = None) -> None:
         self.config = config
         self.skills = skills
         self.ledger = ledger
@@ -63,8 +63,7 @@ class McpHub:
             from aria.mcp.session import ServerConnection
         self.servers: dict[str, ServerConnection] = {
             name: ServerConnection(server, ledger, board.get(f"mcp:{name}"), self._listed, log_dir=log_dir,
-                                   target=(targets or {}).get(name), backoff_first=backoff_first,
-                                   watch_every=watch_every)
+                                   target=(targets or {}).get(name))
             for name, server in config.servers.items()
         }
         for connection in self.servers.values():

@@ -48,11 +48,6 @@ class Evidence:
         """Wilson 95 % lower bound on agreement."""
         return wilson_lower_bound(self.agreed, self.judged)
 
-    @property
-    def rate(self) -> float | None:
-        """Plain agreement rate, None before any judgement."""
-        return self.agreed / self.judged if self.judged else None
-
 
 def level_since(session: Session, skill: str) -> dt.datetime | None:
     """When the skill reached its current level (None: it never changed, so all its history counts)."""
