@@ -24,6 +24,7 @@ from aria.channel import Channel
 from aria.clock import Clock, SystemClock
 from aria.config import Settings
 from aria.connectors import Connectors
+from aria.control import current_router
 from aria.digest import DigestService
 from aria.jobs import restore_reminders, schedule_reminder
 from aria.knowledge import Knowledge
@@ -103,10 +104,7 @@ class Aria:
         board = BreakerBoard(ledger, failure_threshold=settings.breaker_failures,
                              cooldown=settings.breaker_cooldown_seconds)
         connectors = Connectors(ledger, board, tz=settings.tz, sleep=sleep, user_agent=f"Aria/{__version__}")
-        # The owner's /model choices, kept in the ledger, stand above the settings.
-        router = Router(budget.overrides.model("cheap") or settings.model_cheap,
-                        budget.overrides.model("strong") or settings.model_strong, tuple(settings.model_fallbacks),
-                        settings.cheap_only_share)
+        router = current_router(settings, budget.overrides)
         client, caller = _model_caller(settings, ledger, budget, board, sleep)
         policy = load_policy(settings.policy_file)
         gate = Gate(ledger, policy, allow_risky_auto=settings.allow_risky_auto, fetch_allow=settings.fetch_allowed)
@@ -191,7 +189,7 @@ def _model_caller(settings: Settings, ledger: Ledger, budget: Budget, board: Bre
     # One retry loop owns retries (ours): the client's own are off so each attempt is budgeted and recorded.
     windows = Windows(first_token=settings.llm_first_token_seconds, silence=settings.llm_silence_seconds)
     client = openai.AsyncOpenAI(api_key=key, base_url=settings.openai_base_url, max_retries=0,
-                                timeout=max(windows.first_token, windows.silence) + 5.0)
+                                timeout=windows.backstop)
     caller = ModelCaller(client, ledger, budget, board, base_url=str(client.base_url), windows=windows, sleep=sleep)
     return client, caller
 

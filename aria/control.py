@@ -23,7 +23,9 @@ from aria.llm.router import Router
 
 if TYPE_CHECKING:
     from aria.app import Aria
+    from aria.config import Settings
     from aria.ledger import SettingChange
+    from aria.overrides import Overrides
 
 NAMES = ("new", "clear", "reset", "budget", "model")
 MAX_USD = 10_000.0  # a typo guard: no personal cap is larger
@@ -206,16 +208,15 @@ def model_command(aria: Aria, args: list[str], *, chat_id: int | None, user_id: 
     return f"The {tier} model is now {name} (was {old}), from the next request.\n\n{models_text(aria)}"
 
 
-def current_router(aria: Aria) -> Router:
-    """The router from the settings with the owner's model choices above them."""
-    settings, overrides = aria.settings, aria.budget.overrides
+def current_router(settings: Settings, overrides: Overrides) -> Router:
+    """The router from the settings with the owner's model choices (kept in the ledger) above them."""
     return Router(overrides.model("cheap") or settings.model_cheap, overrides.model("strong") or settings.model_strong,
                   tuple(settings.model_fallbacks), settings.cheap_only_share)
 
 
 def apply_models(aria: Aria) -> None:
     """Use the owner's model choices in this process now."""
-    router = current_router(aria)
+    router = current_router(aria.settings, aria.budget.overrides)
     aria.router = router
     aria.agent.use_router(router)
 

@@ -110,6 +110,11 @@ class Windows:
     first_token: float
     silence: float
 
+    @property
+    def backstop(self) -> float:
+        """The HTTP client's own timeout: it only backs the windows up (it applies to each read, not the call)."""
+        return max(self.first_token, self.silence) + 5.0
+
 
 async def stream_chat(client: openai.AsyncOpenAI, body: dict[str, Any], windows: Windows, received: Received,
                       on_text: TextSink | None = None) -> Received:
@@ -117,8 +122,6 @@ async def stream_chat(client: openai.AsyncOpenAI, body: dict[str, Any], windows:
     cancelled). Raises StreamStalled when a window passes, openai errors as the client raises them; the stream is
     closed on every way out."""
     loop = asyncio.get_running_loop()
-    # The client's own timeout only backs the windows up (it applies to each read, not to the whole call).
-    backstop = max(windows.first_token, windows.silence) + 5.0
     stream: AsyncStream[ChatCompletionChunk] | None = None
     waiting_for = "first token"
     try:
@@ -127,7 +130,7 @@ async def stream_chat(client: openai.AsyncOpenAI, body: dict[str, Any], windows:
             # connection handling but skips re-validating the whole history on every call.
             stream = await client.post("/chat/completions", cast_to=ChatCompletionChunk,
                                        body={**body, "stream": True, "stream_options": {"include_usage": True}},
-                                       options={"timeout": backstop}, stream=True,
+                                       options={"timeout": windows.backstop}, stream=True,
                                        stream_cls=AsyncStream[ChatCompletionChunk])
             if "json" in stream.response.headers.get("content-type", ""):
                 received.add_completion(json.loads(await stream.response.aread()))
