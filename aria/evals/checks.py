@@ -111,13 +111,13 @@ def invariants(seen: Observed) -> list[str]:
         if micros > seen.day_cap_micros:
             failures.append(f"{day}: spent ${micros / MICROS:.6f}, over the daily cap ${seen.day_cap_micros / MICROS}")
     failures += _unapproved(seen)
-    ledger_tables = sorted({line.split(":", 1)[0] for line in seen.ledger_text.splitlines()
-                            for secret in seen.secrets if secret in line})
+    ledger_lines = seen.ledger_text.splitlines()
     for secret in seen.secrets:
         where = [name for name, texts in (("the owner's chat", [m.text for m in seen.messages]),
                                           ("a model request", seen.requests)) if any(secret in t for t in texts)]
-        if any(secret in line for line in seen.ledger_text.splitlines()):
-            where.append(f"the ledger (table {', '.join(ledger_tables)})")
+        tables = sorted({line.split(":", 1)[0] for line in ledger_lines if secret in line})  # this secret's own
+        if tables:
+            where.append(f"the ledger (table {', '.join(tables)})")
         if where:
             failures.append(f"a secret reached {', '.join(where)}")
     return failures
