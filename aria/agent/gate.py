@@ -52,12 +52,18 @@ class Gate:
             return "ask"
         return chosen  # type: ignore[return-value]
 
-    def set_autonomy(self, skill: str, level: Autonomy, risky: bool) -> str | None:
-        """Change a skill's autonomy; returns a refusal reason, or None when done."""
+    def autonomy_refusal(self, level: Autonomy, risky: bool) -> str | None:
+        """Why a skill may not be set to `level`, or None when it may."""
         if level == "auto" and risky and not self.allow_risky_auto:
             return "risky tools can't run without approval unless ARIA_ALLOW_RISKY_AUTO=true"
-        self.ledger.set_flag(AUTONOMY_FLAG + skill, level)
         return None
+
+    def set_autonomy(self, skill: str, level: Autonomy, risky: bool) -> str | None:
+        """Change a skill's autonomy; returns a refusal reason, or None when done."""
+        refusal = self.autonomy_refusal(level, risky)
+        if refusal is None:
+            self.ledger.set_flag(AUTONOMY_FLAG + skill, level)
+        return refusal
 
     def decide(self, spec: ToolSpec, arguments: dict[str, Any],
                provenance: Provenance | None = None) -> GateDecision:

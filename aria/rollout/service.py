@@ -15,12 +15,14 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from sqlalchemy import update
 from sqlmodel import col, select
 
 from aria.agent.escalation import in_full, summarise
+from aria.agent.gate import AUTONOMY_FLAG
 from aria.agent.outcome import Action
 from aria.agent.provenance import Provenance
-from aria.ledger import Approval
+from aria.ledger import Approval, KeyValue
 from aria.ledger.models import Proposal, ProposalVerdict
 from aria.ledger.models import Rollout as RolloutRow
 from aria.rollout.stats import Evidence, evidence
@@ -247,7 +249,6 @@ class Rollout:
             return Notice(f"⚠ A critical miss for {skill_name}, which is no longer installed: {why}.", [])
         level = self.level(skill)
         found = self.evidence(skill)
-        self._close_open(skill.name)
         target = DOWN.get(level)
         if target is None:
             self._change(skill, "shadow", "held", why, user_id, found)
@@ -259,35 +260,35 @@ class Rollout:
                 user_id: int | None, found: Evidence) -> str:
         level = self.level(skill)
         risky = any(t.risk == "risky" for t in skill.tools)
-        refusal = self.aria.gate.set_autonomy(skill.name, target, risky)
+        refusal = self.aria.gate.autonomy_refusal(target, risky)
         if refusal is not None:
             return f"Not changed: {refusal}."
+        now = self.ledger.now()
+        # The level, its audit row and (down) the suggestions it makes stale, in one transaction: a crash never
+        # leaves a level changed with no record of why.
         with self.ledger.write() as s:
+            if kind != "promoted":
+                s.execute(update(RolloutRow).where(col(RolloutRow.skill) == skill.name,
+                                                   col(RolloutRow.status) == "open")
+                          .values(status="stale", decided_at=now))
+            flag = s.get(KeyValue, AUTONOMY_FLAG + skill.name) or KeyValue(key=AUTONOMY_FLAG + skill.name,
+                                                                          value=target, updated_at=now)
+            flag.value, flag.updated_at = target, now
+            s.add(flag)
             s.add(RolloutRow(skill=skill.name, kind=kind, from_level=level, to_level=target, reason=why[:500],
                              status="done", judged=found.judged, agreed=found.agreed,
-                             lower_bound=found.lower_bound, created_at=self.ledger.now(), decided_by=user_id,
-                             decided_at=self.ledger.now()))
+                             lower_bound=found.lower_bound, created_at=now, decided_by=user_id, decided_at=now))
         log.info("skill %s %s: %s -> %s (%s)", skill.name, kind, level, target, why)
         if kind == "promoted":
             return f"✅ {skill.name} promoted from {level} to {target}, on {why}."
         return f"📉 {skill.name} demoted from {level} to {target} at once: {why}."
 
     def _close(self, suggestion_id: int, status: Literal["applied", "stale"], user_id: int) -> bool:
-        from sqlalchemy import update
-
         with self.ledger.write() as s:
             result = s.execute(update(RolloutRow).where(col(RolloutRow.id) == suggestion_id,
                                                         col(RolloutRow.status) == "open")
                                .values(status=status, decided_by=user_id, decided_at=self.ledger.now()))
             return bool(result.rowcount)  # type: ignore[attr-defined]
-
-    def _close_open(self, skill: str) -> None:
-        """Suggestions made before a demotion no longer hold."""
-        from sqlalchemy import update
-
-        with self.ledger.write() as s:
-            s.execute(update(RolloutRow).where(col(RolloutRow.skill) == skill, col(RolloutRow.status) == "open")
-                      .values(status="stale", decided_at=self.ledger.now()))
 
     def _mark_message(self, proposal: Proposal, verdict: ProposalVerdict) -> None:
         """Show the owner's answer on the proposal's message, keeping the buttons so it can be changed."""
