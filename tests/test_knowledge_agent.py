@@ -124,7 +124,8 @@ async def test_a_request_gets_its_notes_fenced_with_ids_and_the_answer_cites_the
     assert steps["untrusted"].result == "nas.md (notes)"  # a document's words are not the owner's
 
 
-async def test_with_no_matching_note_the_model_is_told_so_and_says_it(make_aria: MakeAria, fake_openai: Any) -> None:
+async def test_with_no_matching_note_the_model_is_told_so_and_its_answer_reaches_the_owner(
+        make_aria: MakeAria, fake_openai: Any) -> None:
     aria = make_aria()
     aria.knowledge.store.remember("The NAS is at 192.168.10.25")
     fake_openai.enqueue_text("I have no note about that. I could check the router's DHCP leases.")

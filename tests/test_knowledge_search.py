@@ -7,6 +7,7 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
@@ -79,23 +80,19 @@ def test_a_question_asking_for_the_latest_prefers_recent_notes(tmp_path: Path) -
     assert Knowledge(ledger).search("what was the last shop incident")[0].id == recent.id
 
 
-@settings(max_examples=80, deadline=None)
-@given(st.text(max_size=200))
-def test_any_text_is_a_safe_query(query: str) -> None:
-    results = SEARCH.search(query)
-    assert all(h.score > 0 for h in results)
-
-
-def _shared_knowledge() -> Knowledge:
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="aria-knowledge-test-"))
-    knowledge = Knowledge(Ledger.open(folder / "aria.db"))
+@pytest.fixture(scope="module")
+def odd_notes(tmp_path_factory: pytest.TempPathFactory) -> Knowledge:
+    """Notes holding FTS5's own syntax, shared by the examples of one property test."""
+    knowledge = Knowledge(Ledger.open(tmp_path_factory.mktemp("knowledge") / "aria.db"))
     knowledge.store.add_text("/srv/proxy.md", PROXY + '\n"quoted" NEAR(a b) * - ^ : OR AND NOT\n', "proxy")
     return knowledge
 
 
-SEARCH = _shared_knowledge()
+@settings(max_examples=80, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_is_a_safe_query(odd_notes: Knowledge, query: str) -> None:
+    results = odd_notes.search(query)
+    assert all(h.score > 0 for h in results)
 
 
 def test_the_cli_adds_searches_lists_and_forgets(tmp_path: Path) -> None:
