@@ -66,7 +66,7 @@ async def answer(aria: Aria, name: str, args: list[str], *, chat_id: int | None 
     if name == "mcp":
         return [Reply(mcp_text(aria.mcp, args))]
     if name == "shadow":
-        return [Reply(text, actions=actions) for text, actions in shadow_command(aria, args)]
+        return [Reply(text, actions=actions) for text, actions in shadow_command(aria, args, user_id)]
     if name in ("pause", "resume"):
         return [Reply(_switch(aria, paused=name == "pause"))]
     if name in notes.COMMANDS:

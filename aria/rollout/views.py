@@ -60,7 +60,7 @@ USAGE = "Usage: /shadow, or /shadow up|down <proposal> (👍/👎 without the bu
 VERDICTS = {"up": "up", "👍": "up", "down": "down", "👎": "down"}
 
 
-def shadow_command(aria: Aria, args: list[str]) -> list[tuple[str, list[Action]]]:
+def shadow_command(aria: Aria, args: list[str], user_id: int | None = None) -> list[tuple[str, list[Action]]]:
     """`/shadow [up|down <id> | note <id> <text>]`: the view, or a judgement or note typed instead of pressed (the
     terminal has no buttons). Replies as (text, buttons)."""
     if not args:
@@ -75,8 +75,8 @@ def shadow_command(aria: Aria, args: list[str]) -> list[tuple[str, list[Action]]
     if verb == "note":
         aria.rollout.add_note(proposal_id, " ".join(args[2:]))
         return [(f"Noted on proposal {proposal_id}.", [])]
-    owner = aria.settings.owner_ids[0] if aria.settings.owner_ids else 0
-    outcome, notices = aria.rollout.judge(proposal_id, VERDICTS[verb], owner)  # type: ignore[arg-type]
+    judge = user_id if user_id is not None else (aria.settings.owner_ids[0] if aria.settings.owner_ids else 0)
+    outcome, notices = aria.rollout.judge(proposal_id, VERDICTS[verb], judge)  # type: ignore[arg-type]
     said = {"judged": "Noted.", "changed": "Changed your answer.", "same": "Already noted."}.get(outcome, "")
     return [(f"{said} (proposal {proposal_id})", []), *((n.text, n.actions) for n in notices)]
 
