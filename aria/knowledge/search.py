@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,13 +24,15 @@ from functools import lru_cache, partial
 
 from sqlalchemy import Connection
 
+from aria.knowledge import vectors
 from aria.knowledge.analysis import Concept, asks_for_recent, concepts, stems
-from aria.knowledge.meaning import Embedder, shared_embedder
+from aria.knowledge.meaning import Embedder, blended_embedder, static_embedder
+from aria.knowledge.vectors import NEIGHBOUR_NOTES, SEARCH_EMBEDS, NoteText, note_text
 from aria.ledger import Ledger, as_utc
 
+log = logging.getLogger(__name__)
 CANDIDATES = 30  # BM25 candidates reranked (as many as 40 found no more answers, and cost more to embed)
-NEIGHBOURS = 20  # and notes nearest in meaning, while there are at most NEIGHBOUR_NOTES notes
-NEIGHBOUR_NOTES = 2_000  # (a first search embeds them all: about 0.3 s at this size)
+NEIGHBOURS = 20  # and notes nearest in meaning, while there are at most NEIGHBOUR_NOTES notes (vectors.py)
 COMMON_SHARE = 0.05  # a word in more than this share of the notes (and more than COMMON_MIN_NOTES) finds no
 COMMON_MIN_NOTES = 500  # candidates on its own
 MIN_COVERAGE = 0.5  # share of the question's weight the best passage must answer, else nothing is returned
@@ -84,6 +87,17 @@ def match_expression(items: Sequence[Concept]) -> str:
     return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
+@dataclass(frozen=True)
+class _Meaning:
+    """The embedder a search ranks with, every note (when they are few enough to compare the question with each),
+    and the embedder and notes whose vectors are to be stored once the search is done."""
+
+    embedder: Embedder | None
+    notes: list[NoteText] = field(default_factory=list)
+    keeper: Embedder | None = None
+    unembedded: list[NoteText] = field(default_factory=list)
+
+
 @dataclass
 class _Candidate:
     id: int
@@ -101,9 +115,10 @@ class _Candidate:
 class Searcher:
     """Ranks the notes of one ledger for a question."""
 
-    def __init__(self, ledger: Ledger, *, meaning: bool = True) -> None:
+    def __init__(self, ledger: Ledger, *, meaning: bool = True, contextual: bool = True) -> None:
         self.ledger = ledger
-        self.meaning = meaning  # False: words only (the bench measures both)
+        self.meaning = meaning  # False: words only (the bench measures each way)
+        self.contextual = contextual  # False: the static model alone, whatever the number of notes
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
         """The best notes for `query`, best first; empty when nothing is relevant enough."""
@@ -125,14 +140,16 @@ class Searcher:
             if len(rare) < min(2, len(items)):
                 rare = [c for _, c in sorted(zip(weights, items, strict=True), key=lambda p: -p[0])[:2]]
             found = self._lexical(conn, rare)
-            embedder = shared_embedder() if self.meaning else None
-            if embedder is not None:
-                for note_id in self._neighbours(conn, embedder, query, total):
+            meaning = self._meaning(conn, total)
+            embedder = meaning.embedder
+            if embedder is not None and meaning.notes:
+                for note_id in self._neighbours(embedder, query, meaning.notes):
                     found.setdefault(note_id, _Candidate(note_id, 0.0))
             candidates = self._candidates(conn, found)
             if not candidates:
+                self._keep(meaning)
                 return []
-            texts = [f"{c.title}\n{c.text}" for c in candidates]
+            texts = [note_text(c.title, c.text) for c in candidates]
             similarity, feedback = (embedder.similarities_with_feedback(query, texts) if embedder is not None
                                     else (None, None))
             updates = (partial(_implicit_updates, embedder=embedder, texts=dict(zip((c.id for c in candidates), texts,
@@ -141,7 +158,33 @@ class Searcher:
             hits = self._rerank(items, weights, candidates, similarity, feedback, recent=asks_for_recent(query),
                                 updates=updates)
             hits = self._with_replacements(conn, hits)
+        self._keep(meaning)
         return hits[:k]
+
+    def _keep(self, meaning: _Meaning) -> None:
+        """Store the vectors this search made, once its answer is ready."""
+        if meaning.unembedded and meaning.keeper is not None:
+            vectors.keep(self.ledger, meaning.keeper, meaning.unembedded)
+
+    def _meaning(self, conn: Connection, total: int) -> _Meaning:
+        """How this search measures meaning: with the blended embedder while the notes are few and each has its
+        vector (a few missing ones are embedded now), else with the static one; and which notes to store vectors of."""
+        if not self.meaning:
+            return _Meaning(None)
+        if total > NEIGHBOUR_NOTES:
+            return _Meaning(static_embedder())  # meaning reranks the BM25 candidates only
+        blended = blended_embedder() if self.contextual else None
+        if blended is None or not blended.kept:
+            static = static_embedder()
+            return _Meaning(static, vectors.read(conn, static)[0] if static is not None else [])
+        notes, missing = vectors.read(conn, blended)
+        unembedded = [n for n in missing if not blended.holds(n.text)]  # (the others only need storing)
+        if len(unembedded) <= SEARCH_EMBEDS:
+            return _Meaning(blended, notes, blended, missing)
+        log.info("%d notes have no vector yet: this search ranks with the static model and embeds %d of them",
+                 len(unembedded), SEARCH_EMBEDS)
+        held = [n for n in missing if blended.holds(n.text)]
+        return _Meaning(static_embedder(), notes, blended, held + unembedded[:SEARCH_EMBEDS])
 
     @staticmethod
     def _lexical(conn: Connection, items: Sequence[Concept]) -> dict[int, _Candidate]:
@@ -152,15 +195,12 @@ class Searcher:
         return {int(r[0]): _Candidate(int(r[0]), -float(r[1])) for r in rows}
 
     @staticmethod
-    def _neighbours(conn: Connection, embedder: Embedder, query: str, total: int) -> list[int]:
+    def _neighbours(embedder: Embedder, query: str, notes: Sequence[NoteText]) -> list[int]:
         """The notes nearest the question in meaning, found by comparing it with every note: only while there are
-        few enough notes to embed them all on a first search (beyond that, meaning reranks the BM25 candidates)."""
-        if total > NEIGHBOUR_NOTES:
-            return []
-        rows = conn.exec_driver_sql("SELECT id, title, text FROM note").all()
-        similarity = embedder.similarities(query, [f"{r[1]}\n{r[2]}" for r in rows])
-        nearest = sorted(range(len(rows)), key=lambda i: -similarity[i])[:NEIGHBOURS]
-        return [int(rows[i][0]) for i in nearest]
+        few enough notes to keep them all embedded (beyond that, meaning reranks the BM25 candidates)."""
+        similarity = embedder.similarities(query, [n.text for n in notes])
+        nearest = sorted(range(len(notes)), key=lambda i: -similarity[i])[:NEIGHBOURS]
+        return [notes[i].id for i in nearest]
 
     @staticmethod
     def _candidates(conn: Connection, found: dict[int, _Candidate]) -> list[_Candidate]:

@@ -21,6 +21,7 @@ from sqlmodel import Session, col, select
 from aria.errors import ToolError
 from aria.knowledge.chunking import Passage, name_date, split_passages
 from aria.knowledge.models import RELIABILITY, Note, NoteDocument, NoteKind
+from aria.knowledge.vectors import embed_pending
 from aria.ledger import Ledger
 
 MAX_NOTE_CHARS = 4_000  # one remembered fact; files are split into passages instead
@@ -162,6 +163,7 @@ class NoteStore:
             session.add_all(rows)
             session.flush()
             self._carry_replacements(session, rows, replaced)
+        embed_pending(self.ledger)  # each passage embedded once, now, rather than by the searches to come
         return Ingested(key, status, len(passages))
 
     @staticmethod
