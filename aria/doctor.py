@@ -43,6 +43,7 @@ async def run_checks(aria: Aria) -> list[Check]:
     checks.append(await _bot_api(aria))
     checks += await _model_endpoint(aria)
     checks.append(voice_notes(aria))
+    checks.append(knowledge_models(aria))
     checks += await _mcp_servers(aria)
     return checks
 
@@ -87,6 +88,29 @@ def voice_notes(aria: Aria) -> Check:
     except AriaError as exc:
         return Check("voice notes", "fail", f"{transcriber.model}: {exc}")
     return Check("voice notes", "ok", f"{transcriber.model} at ${price.usd:g} a minute ({price.source})")
+
+
+def knowledge_models(aria: Aria) -> Check:
+    """The embedding models notes are found with (checked on disk, not loaded), and how many notes have a vector."""
+    from importlib.util import find_spec
+
+    from aria.knowledge.contextual import MODEL_SHA256, NAME, ModelUnavailable, model_folder, weights_digest
+
+    with aria.ledger.read_conn() as conn:
+        notes = int(conn.exec_driver_sql("SELECT count(*) FROM note").scalar_one())
+        embedded = int(conn.exec_driver_sql("SELECT count(*) FROM note_vector").scalar_one())
+    counts = f"{notes} notes, {embedded} with a stored vector"
+    if find_spec("wordllama") is None:
+        return Check("knowledge", "warn", f"{counts}; no embedding model: notes are found by their words only "
+                                          "(reinstall with make)")
+    try:
+        found = weights_digest(model_folder())
+    except (ModelUnavailable, OSError) as exc:
+        return Check("knowledge", "warn", f"{counts}; static model only ({exc})")
+    if found != MODEL_SHA256:
+        return Check("knowledge", "fail", f"{counts}; the {NAME} weights are not the published ones (sha256 "
+                                          f"{found[:12]}…): reinstall with make")
+    return Check("knowledge", "ok", f"{counts}; static model and {NAME} (weights verified)")
 
 
 def fetch_rule(settings: Settings) -> Check:

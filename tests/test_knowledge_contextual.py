@@ -7,16 +7,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pytest
 
+from aria.doctor import knowledge_models
 from aria.errors import LedgerUnavailable
-from aria.knowledge import Knowledge, search
+from aria.knowledge import Knowledge, contextual, search
 from aria.knowledge.contextual import MiniLM, ModelUnavailable, model_folder
 from aria.knowledge.meaning import blended_embedder, static_embedder
 from aria.knowledge.vectors import digest
 from aria.ledger import Ledger
+
+if TYPE_CHECKING:
+    from aria.app import Aria
 
 DATA = Path(__file__).parent / "data" / "knowledge"
 RUNBOOK = """# Web shop
@@ -165,3 +171,17 @@ def test_a_ledger_that_cannot_be_written_costs_time_not_the_answer(ledger: Ledge
     monkeypatch.undo()  # space again: the next search stores the vector it already holds
     assert knowledge.search("When does the shop's certificate renew?")[0].id == note.id
     assert set(vectors(ledger)) == note_ids(ledger)
+
+
+def test_doctor_names_the_models_verifies_the_weights_and_counts_stored_vectors(
+        ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> None:
+    Knowledge(ledger).store.add_text("/srv/notes/shop.md", RUNBOOK, "shop.md")
+    aria = cast("Aria", SimpleNamespace(ledger=ledger))
+    check = knowledge_models(aria)
+    assert (check.verdict, check.detail) == ("ok", "3 notes, 3 with a stored vector; static model and "
+                                                   "all-MiniLM-L6-v2 (weights verified)")
+    monkeypatch.setattr(contextual, "MODEL_SHA256", "0" * 64)
+    assert knowledge_models(aria).verdict == "fail" and "not the published ones" in knowledge_models(aria).detail
+    monkeypatch.setattr(contextual, "PACKAGE", "no_such_model_package")
+    missing = knowledge_models(aria)
+    assert missing.verdict == "warn" and "static model only" in missing.detail and "make" in missing.detail

@@ -69,9 +69,10 @@ def _safetensors(path: Path) -> dict[str, Array]:
     return tensors
 
 
-def _sha256(path: Path) -> str:
+def weights_digest(folder: Path) -> str:
+    """SHA-256 of the model's weights file in `folder`."""
     digest = hashlib.sha256()
-    with path.open("rb") as f:
+    with (folder / "model.safetensors").open("rb") as f:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -106,7 +107,7 @@ class MiniLM:
         weights_file = folder / "model.safetensors"
         if not weights_file.is_file() or not (folder / "tokenizer.json").is_file():
             raise ModelUnavailable(f"no model.safetensors and tokenizer.json in {folder}")
-        if verify and (found := _sha256(weights_file)) != MODEL_SHA256:
+        if verify and (found := weights_digest(folder)) != MODEL_SHA256:
             raise ModelUnavailable(f"{weights_file} is not the published {NAME} (sha256 {found[:12]}…)")
         tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         tokenizer.enable_truncation(MAX_TOKENS)
