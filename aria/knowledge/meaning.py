@@ -59,7 +59,7 @@ class Embedder:
             return np.zeros((0, 0), np.float32)
         with self._lock:
             missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-            found = dict(zip(missing, self._embed(missing), strict=True)) if missing else {}
+            found = dict(zip(missing, self.embed(missing), strict=True)) if missing else {}
             found.update((t, self._cache[t]) for t in texts if t not in found)
             for text, vector in found.items():  # the newest at the end, the oldest dropped first
                 self._cache[text] = vector
@@ -68,12 +68,13 @@ class Embedder:
                 self._cache.popitem(last=False)
         return np.stack([found[t] for t in texts])
 
-    def _embed(self, texts: list[str]) -> Vectors:
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """One unit vector per text, not cached."""
         import numpy as np
 
         # A text of no known token has no direction: its zero vector is similar to nothing (not NaN).
         with np.errstate(invalid="ignore", divide="ignore"):
-            vectors = np.asarray(self._model.embed(texts, norm=True), dtype=np.float32)
+            vectors = np.asarray(self._model.embed(list(texts), norm=True), dtype=np.float32)
         return np.nan_to_num(vectors, nan=0.0, posinf=0.0, neginf=0.0)
 
     def _question(self, query: str) -> Vectors:
@@ -81,7 +82,7 @@ class Embedder:
         with self._lock:
             if query in self._questions:
                 return self._questions[query]
-        vector: Vectors = self._embed([query])[0]
+        vector: Vectors = self.embed([query])[0]
         with self._lock:
             self._questions[query] = vector
             while len(self._questions) > CACHED_QUESTIONS:
@@ -136,17 +137,15 @@ class Blend:
     mean of the two models' cosine similarities (equal weights: the untuned choice; on the labelled set's tuning half
     a 0.3 share for the encoder ties with it, and 0.7 finds less)."""
 
-    def __init__(self, static: Any, contextual: Any) -> None:
+    def __init__(self, static: Embedder, contextual: Any) -> None:
         self.static, self.contextual = static, contextual
 
     def embed(self, texts: Sequence[str], norm: bool = True) -> Vectors:
         import numpy as np
 
-        with np.errstate(invalid="ignore", divide="ignore"):
-            first = np.nan_to_num(np.asarray(self.static.embed(list(texts), norm=True), dtype=np.float32))
-        second = self.contextual.embed(texts)
         half = np.float32(math.sqrt(0.5))
-        blended: Vectors = np.concatenate([first * half, second * half], axis=1)
+        blended: Vectors = np.concatenate([self.static.embed(texts) * half, self.contextual.embed(texts) * half],
+                                          axis=1)
         return blended
 
 
@@ -162,7 +161,7 @@ def blended_embedder() -> Embedder | None:
     contextual = load_contextual()
     if contextual is None:
         return static
-    return Embedder(Blend(static._model, contextual), f"{static.name}+{NAME}", kept=True)
+    return Embedder(Blend(static, contextual), f"{static.name}+{NAME}", kept=True)
 
 
 @cache

@@ -173,18 +173,19 @@ class Searcher:
             return _Meaning(None)
         if total > NEIGHBOUR_NOTES:
             return _Meaning(static_embedder())  # meaning reranks the BM25 candidates only
-        blended = blended_embedder() if self.contextual else None
-        if blended is None or not blended.kept:
-            static = static_embedder()
-            return _Meaning(static, vectors.read(conn, static)[0] if static is not None else [])
-        notes, missing = vectors.read(conn, blended)
-        unembedded = [n for n in missing if not blended.holds(n.text)]  # (the others only need storing)
+        embedder = blended_embedder() if self.contextual else static_embedder()
+        if embedder is None:
+            return _Meaning(None)
+        notes, missing = vectors.read(conn, embedder)
+        if not embedder.kept:  # the static model (alone, or for want of the encoder): nothing to store
+            return _Meaning(embedder, notes)
+        unembedded = [n for n in missing if not embedder.holds(n.text)]  # (the others only need storing)
         if len(unembedded) <= SEARCH_EMBEDS:
-            return _Meaning(blended, notes, blended, missing)
+            return _Meaning(embedder, notes, embedder, missing)
         log.info("%d notes have no vector yet: this search ranks with the static model and embeds %d of them",
                  len(unembedded), SEARCH_EMBEDS)
-        held = [n for n in missing if blended.holds(n.text)]
-        return _Meaning(static_embedder(), notes, blended, held + unembedded[:SEARCH_EMBEDS])
+        held = [n for n in missing if embedder.holds(n.text)]
+        return _Meaning(static_embedder(), notes, embedder, held + unembedded[:SEARCH_EMBEDS])
 
     @staticmethod
     def _lexical(conn: Connection, items: Sequence[Concept]) -> dict[int, _Candidate]:

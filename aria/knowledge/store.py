@@ -163,7 +163,7 @@ class NoteStore:
             session.add_all(rows)
             session.flush()
             self._carry_replacements(session, rows, replaced)
-        embed_pending(self.ledger)  # each passage embedded once, now, rather than by the searches to come
+        embed_pending(self.ledger, document.id)  # each passage embedded once, now, not by the searches to come
         return Ingested(key, status, len(passages))
 
     @staticmethod

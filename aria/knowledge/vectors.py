@@ -47,23 +47,26 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-def read(conn: Connection, embedder: Embedder) -> tuple[list[NoteText], list[NoteText]]:
-    """Every note, and those of them with no usable vector stored under `embedder`'s name. Stored vectors the
-    embedder does not hold yet are read and primed into it (a long-running process reads each once)."""
+def read(conn: Connection, embedder: Embedder, *, document_id: int | None = None,
+         prime: bool = True) -> tuple[list[NoteText], list[NoteText]]:
+    """Every note (or one document's), and those of them with no usable vector stored under `embedder`'s name
+    (none, for an embedder whose vectors are not kept). With `prime`, stored vectors the embedder does not hold yet
+    are read into it (a long-running process reads each once)."""
     import numpy as np
 
     rows = conn.exec_driver_sql(
         "SELECT n.id, n.title, n.text, v.digest FROM note n "
-        "LEFT JOIN note_vector v ON v.note_id = n.id AND v.model = ?", (embedder.name,)).all()
-    notes: list[NoteText] = []
+        "LEFT JOIN note_vector v ON v.note_id = n.id AND v.model = ? WHERE ? IS NULL OR n.document_id = ?",
+        (embedder.name, document_id, document_id)).all()
+    notes = [NoteText(int(note_id), note_text(title, text)) for note_id, title, text, _ in rows]
+    if not embedder.kept:
+        return notes, []
     missing: list[NoteText] = []
     stored: dict[int, str] = {}
-    for note_id, title, text, made_from in rows:
-        note = NoteText(int(note_id), note_text(title, text))
-        notes.append(note)
+    for note, (_, _, _, made_from) in zip(notes, rows, strict=True):
         if made_from is None or made_from != digest(note.text):
             missing.append(note)
-        elif not embedder.holds(note.text):
+        elif prime and not embedder.holds(note.text):
             stored[note.id] = note.text
     if stored:
         marks = ",".join("?" * len(stored))
@@ -91,9 +94,9 @@ def keep(ledger: Ledger, embedder: Embedder, notes: Sequence[NoteText]) -> int:
     return len(rows)
 
 
-def embed_pending(ledger: Ledger) -> int:
-    """Embed and store every note that has no vector yet, while the notes are few enough to be compared one by one
-    (after a file is added or a note remembered); returns how many were embedded."""
+def embed_pending(ledger: Ledger, document_id: int | None = None) -> int:
+    """Embed and store every note (or one document's) that has no vector yet, while the notes are few enough to be
+    compared one by one; returns how many were embedded."""
     with ledger.read_conn() as conn:
         total = int(conn.exec_driver_sql("SELECT count(*) FROM note").scalar_one())
         if total == 0 or total > NEIGHBOUR_NOTES:
@@ -101,5 +104,5 @@ def embed_pending(ledger: Ledger) -> int:
         embedder = blended_embedder()
         if embedder is None or not embedder.kept:
             return 0
-        _, missing = read(conn, embedder)
+        _, missing = read(conn, embedder, document_id=document_id, prime=False)
     return keep(ledger, embedder, missing)

@@ -20,7 +20,7 @@ async def judge_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> No
     aria = handlers._aria(context)
     parsed = parse_judge(query.data)
     if parsed is None:
-        await handlers._answer_press(update, "That button is not recognised.")
+        await handlers.unknown_button(update, context)
         return
     outcome, notices = aria.rollout.judge(parsed[0], parsed[1], query.from_user.id)
     await handlers._answer_press(update, JUDGED[outcome])
@@ -36,7 +36,7 @@ async def promote_button(update: Update, context: ContextTypes.DEFAULT_TYPE) -> 
     aria = handlers._aria(context)
     suggestion = parse_promote(query.data)
     if suggestion is None:
-        await handlers._answer_press(update, "That button is not recognised.")
+        await handlers.unknown_button(update, context)
         return
     said = aria.rollout.promote(suggestion, query.from_user.id)
     await handlers._answer_press(update, said[:200])
